@@ -1,0 +1,63 @@
+//! Providers: one module per remote API, each implementing [`crate::source::Source`].
+//!
+//! | module | API |
+//! |---|---|
+//! | [`http`] | any HTTP(S) server: HTML autoindex listings, Range GETs |
+//!
+//! A provider module exports its `[[source]]` config struct (serde, `deny_unknown_fields`,
+//! with a `name` field) and an async `build` that checks credentials-independent values and
+//! returns the source; [`build`] below dispatches on the config's `type`. Shared HTTP
+//! mechanics (retry, ranges, token refresh) live in [`crate::http`]; providers only describe
+//! their API.
+
+pub mod autoindex;
+pub mod http;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::{ConfigError, SourceConfig};
+use crate::http::HttpOptions;
+use crate::source::Source;
+
+/// What every provider's `build` gets besides its own config.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    pub http: HttpOptions,
+    /// Directory of the config file, for relative `*_file` paths.
+    pub base_dir: PathBuf,
+    pub block_size: u64,
+}
+
+impl BuildContext {
+    /// A relative path from the config resolved against the config's directory.
+    pub fn path(&self, p: &std::path::Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+/// Builds the source a `[[source]]` section describes.
+pub async fn build(cfg: &SourceConfig, ctx: &BuildContext) -> Result<Arc<dyn Source>, ConfigError> {
+    match cfg {
+        SourceConfig::Http(c) => Ok(Arc::new(http::HttpSource::new(c, ctx)?)),
+    }
+}
+
+/// The quick form of `fetchfs mount WHAT MOUNTPOINT`: a URL whose scheme names the provider
+/// (`http(s)://` plain HTTP, `b2://BUCKET/PREFIX`, …), turned into a source config named `name`.
+pub fn from_url(url: &str, name: &str) -> Result<SourceConfig, ConfigError> {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("http") | Some("https") => Ok(SourceConfig::Http(http::HttpConfig::from_url(url, name)?)),
+        Some(other) => Err(ConfigError::new(format!(
+            "'{url}': unknown scheme '{other}://' (use http://, https://)"
+        ))),
+        None => Err(ConfigError::new(format!(
+            "'{url}' is not a URL; give e.g. http://host/dir/ or --config FILE"
+        ))),
+    }
+}
