@@ -59,7 +59,9 @@ async fn env() -> Env {
 }
 
 fn big() -> Vec<u8> {
-    (0..300 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()
+    (0..300 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect()
 }
 
 fn config(env: &Env) -> DorisConfig {
@@ -136,25 +138,44 @@ async fn tree_is_db_catalog_file_with_by_id_and_url_only_entries_hidden() {
     let src = source(config(&env)).await;
     let root = src.root().await.unwrap();
     let top = src.list(&root).await.unwrap();
-    assert_eq!(names(&top), ["by-id", "db1", "db2", "empty_db"], "system databases are hidden");
+    assert_eq!(
+        names(&top),
+        ["by-id", "db1", "db2", "empty_db"],
+        "system databases are hidden"
+    );
     assert!(top.iter().all(|e| e.kind == EntryKind::Dir));
     assert_eq!(names(&list_path(&*src, &["db1"]).await), ["DEFAULT", "kafka"]);
     let kafka = list_path(&*src, &["db1", "kafka"]).await;
-    assert_eq!(names(&kafka), ["ca.pem", "client.key"], "IsContent=false rows are hidden");
+    assert_eq!(
+        names(&kafka),
+        ["ca.pem", "client.key"],
+        "IsContent=false rows are hidden"
+    );
     let ca = find(&kafka, "ca.pem");
     let body = b"-----BEGIN CERTIFICATE-----\nabc\n";
     assert_eq!(ca.kind, EntryKind::File);
     assert_eq!(ca.size, body.len() as u64);
     let md5: [u8; 16] = Md5::digest(body).into();
     assert_eq!(ca.checksum, Some(Checksum::Md5(md5)));
-    assert_eq!(ca.validator.as_deref(), Some(format!("{}:{}", ca.remote, hex::encode(md5)).as_str()));
+    assert_eq!(
+        ca.validator.as_deref(),
+        Some(format!("{}:{}", ca.remote, hex::encode(md5)).as_str())
+    );
     let x: std::collections::HashMap<_, _> = ca.xattrs.iter().cloned().collect();
     assert_eq!(x["user.doris.file_id"], ca.remote.as_bytes());
     assert_eq!(x["user.doris.md5"], hex::encode(md5).as_bytes());
     let by_id = list_path(&*src, &["by-id"]).await;
-    assert_eq!(by_id.len(), 4, "every downloadable file of every database: {:?}", names(&by_id));
+    assert_eq!(
+        by_id.len(),
+        4,
+        "every downloadable file of every database: {:?}",
+        names(&by_id)
+    );
     let same = find(&by_id, &ca.remote);
-    assert_eq!((same.size, &same.validator, &same.remote), (ca.size, &ca.validator, &ca.remote));
+    assert_eq!(
+        (same.size, &same.validator, &same.remote),
+        (ca.size, &ca.validator, &ca.remote)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -194,7 +215,11 @@ async fn each_directory_level_costs_one_sql_request() {
     env.server.harness.stats.reset();
     let top = src.list(&root).await.unwrap();
     assert_eq!(names(&top), ["by-id", "db1"]);
-    assert_eq!(queries(&env.server), 0, "configured databases need no request at the root");
+    assert_eq!(
+        queries(&env.server),
+        0,
+        "configured databases need no request at the root"
+    );
     src.list(find(&top, "by-id")).await.unwrap();
     assert_eq!(queries(&env.server), 1);
 }
@@ -206,7 +231,10 @@ async fn random_offset_reads_come_from_one_whole_download_each() {
     let files = list_path(&*src, &["db1", "DEFAULT"]).await;
     let f = find(&files, "big.bin");
     let opened = src.open(f, &open_req()).await.unwrap();
-    assert!(!opened.reader.ranges(), "Doris ignores Range: the cache must ask for 0..size");
+    assert!(
+        !opened.reader.ranges(),
+        "Doris ignores Range: the cache must ask for 0..size"
+    );
     assert!(!src.capabilities().ranges);
     let want = big();
     env.server.harness.stats.reset();
@@ -249,7 +277,10 @@ async fn wrong_bytes_fail_the_md5_check_before_any_byte_is_served() {
     assert!(err.to_string().contains("MD5"), "{err}");
     assert_eq!(err.errno(), libc::EIO);
     env.behaviour.lock().unwrap().corrupt = false;
-    assert_eq!(&read_all(&*opened.reader, 0..f.size).await.unwrap()[..], b"secret key bytes");
+    assert_eq!(
+        &read_all(&*opened.reader, 0..f.size).await.unwrap()[..],
+        b"secret key bytes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -304,7 +335,10 @@ async fn rewritten_bytes_get_a_new_id_and_the_old_id_is_gone() {
     let err = read_all(&*opened.reader, 0..old.size).await.unwrap_err();
     assert!(matches!(err, SourceError::NotFound(_)), "{err}");
     let opened = src.open(new, &open_req()).await.unwrap();
-    assert_eq!(&read_all(&*opened.reader, 0..new.size).await.unwrap()[..], b"a=c\nd=e\n");
+    assert_eq!(
+        &read_all(&*opened.reader, 0..new.size).await.unwrap()[..],
+        b"a=c\nd=e\n"
+    );
 }
 
 /// An entry for a file id the listing never showed (a URL-only row, a garbage id).
@@ -435,7 +469,10 @@ async fn emulator_answers_the_documented_error_bodies_and_headers() {
         r#"{"code":403,"count":0,"data":"Missing parameter. Need token and file id","msg":"Bad Request"}"#
     );
     let (_, b) = get("?token=x&file_id=1".into()).await;
-    assert!(b.contains(r#""data":"Invalid token""#) && b.contains(r#""code":1"#), "{b}");
+    assert!(
+        b.contains(r#""data":"Invalid token""#) && b.contains(r#""code":1"#),
+        "{b}"
+    );
     let (_, b) = get(format!("?token={TOKEN}&file_id=x1")).await;
     assert!(b.contains("Invalid file id format: x1"), "{b}");
     let (_, b) = get(format!("?token={TOKEN}&file_id=1")).await;
@@ -449,7 +486,10 @@ async fn emulator_answers_the_documented_error_bodies_and_headers() {
     let (h, b) = get(format!("?token={TOKEN}&file_id=11002")).await;
     assert!(!b.is_empty());
     assert!(
-        h["content-disposition"].to_str().unwrap().starts_with("attachment;fileName="),
+        h["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment;fileName="),
         "{h:?}"
     );
     assert_eq!(h["content-type"], "application/octet-stream");
@@ -494,8 +534,8 @@ async fn token_and_password_come_from_files_and_a_missing_token_is_named() {
     );
     let parsed = fetchfs::config::ConfigFile::parse(&toml).unwrap();
     assert_eq!(parsed.sources[0].kind(), "doris");
-    let e = fetchfs::config::ConfigFile::parse("[[source]]\nname='d'\ntype='doris'\nendpoint='x'\ntokn='t'\n")
-        .unwrap_err();
+    let e =
+        fetchfs::config::ConfigFile::parse("[[source]]\nname='d'\ntype='doris'\nendpoint='x'\ntokn='t'\n").unwrap_err();
     assert!(e.0.contains("tokn"), "{e}");
 }
 
@@ -510,6 +550,9 @@ async fn demo_config_mounts_the_demo_emulator() {
     let opened = src.open(f, &open_req()).await.unwrap();
     let got = read_all(&*opened.reader, 0..f.size).await.unwrap();
     assert!(got.starts_with(b"-----BEGIN CERTIFICATE-----"));
-    assert_eq!(names(&list_path(&*src, &["sales", "jdbc"]).await), ["mysql-connector.properties"]);
+    assert_eq!(
+        names(&list_path(&*src, &["sales", "jdbc"]).await),
+        ["mysql-connector.properties"]
+    );
     drop(server);
 }

@@ -195,15 +195,15 @@ impl DorisSource {
             Some("DORIS_PASSWORD"),
         )?
         .unwrap_or_default();
-        if let Some(dbs) = &cfg.databases {
-            if let Some(bad) = dbs
-                .iter()
-                .find(|d| d.is_empty() || d.contains('/') || d.as_str() == BY_ID)
-            {
-                return Err(ConfigError::new(format!(
-                    "source '{name}': databases entry '{bad}' is not a database name"
-                )));
-            }
+        if let Some(bad) = cfg
+            .databases
+            .iter()
+            .flatten()
+            .find(|d| d.is_empty() || d.contains('/') || d.as_str() == BY_ID)
+        {
+            return Err(ConfigError::new(format!(
+                "source '{name}': databases entry '{bad}' is not a database name"
+            )));
         }
         let http = Http::new(ctx.http.clone()).map_err(|e| ConfigError::new(format!("source '{name}': {e}")))?;
         Ok(DorisSource {
@@ -436,10 +436,10 @@ impl DorisReader {
             };
             return Err(crate::http::status_error(status, format!("{what}: {msg}")));
         }
-        if !is_attachment(&headers) {
-            if let Some(err) = parse_error(&body) {
-                return Err(err.into_source_error(&what));
-            }
+        if !is_attachment(&headers)
+            && let Some(err) = parse_error(&body)
+        {
+            return Err(err.into_source_error(&what));
         }
         verify(&body, self.size, self.md5.as_ref()).map_err(|why| SourceError::Integrity(format!("{what}: {why}")))?;
         Ok(body)
