@@ -11,7 +11,7 @@ use fetchfs::error::SourceError;
 use fetchfs::http::HttpOptions;
 use fetchfs::provider::doris::DorisConfig;
 use fetchfs::provider::{BuildContext, build};
-use fetchfs::source::{Checksum, Entry, EntryKind, OpenRequest, Source, read_all};
+use fetchfs::source::{Checksum, Entry, EntryKind, OpenRequest, Opened, Source, read_all};
 use md5::{Digest, Md5};
 
 const TOKEN: &str = "0b7c2f4e-1111-2222-3333-444455556666";
@@ -115,6 +115,14 @@ async fn list_path(src: &dyn Source, path: &[&str]) -> Vec<Entry> {
         dir = find(&entries, seg).clone();
     }
     src.list(&dir).await.unwrap()
+}
+
+/// Lists the directory at `path` and opens the file `name` in it.
+async fn open_at(src: &dyn Source, path: &[&str], name: &str) -> (Entry, Opened) {
+    let files = list_path(src, path).await;
+    let f = find(&files, name).clone();
+    let opened = src.open(&f, &open_req()).await.unwrap();
+    (f, opened)
 }
 
 fn open_req() -> OpenRequest {
@@ -228,9 +236,7 @@ async fn each_directory_level_costs_one_sql_request() {
 async fn random_offset_reads_come_from_one_whole_download_each() {
     let env = env().await;
     let src = source(config(&env)).await;
-    let files = list_path(&*src, &["db1", "DEFAULT"]).await;
-    let f = find(&files, "big.bin");
-    let opened = src.open(f, &open_req()).await.unwrap();
+    let (f, opened) = open_at(&*src, &["db1", "DEFAULT"], "big.bin").await;
     assert!(
         !opened.reader.ranges(),
         "Doris ignores Range: the cache must ask for 0..size"
@@ -265,9 +271,7 @@ async fn random_offset_reads_come_from_one_whole_download_each() {
 async fn wrong_bytes_fail_the_md5_check_before_any_byte_is_served() {
     let env = env().await;
     let src = source(config(&env)).await;
-    let files = list_path(&*src, &["db1", "kafka"]).await;
-    let f = find(&files, "client.key");
-    let opened = src.open(f, &open_req()).await.unwrap();
+    let (f, opened) = open_at(&*src, &["db1", "kafka"], "client.key").await;
     env.behaviour.lock().unwrap().corrupt = true;
     let err = match opened.reader.read_stream(0..f.size).await {
         Err(e) => e,
@@ -287,9 +291,7 @@ async fn wrong_bytes_fail_the_md5_check_before_any_byte_is_served() {
 async fn a_body_cut_mid_download_is_an_error_never_a_short_file() {
     let env = env().await;
     let src = source(config(&env)).await;
-    let files = list_path(&*src, &["db1", "DEFAULT"]).await;
-    let f = find(&files, "big.bin");
-    let opened = src.open(f, &open_req()).await.unwrap();
+    let (f, opened) = open_at(&*src, &["db1", "DEFAULT"], "big.bin").await;
     env.server.harness.faults.set(FaultSpec {
         reset_after: Some(1000),
         ..Default::default()
@@ -383,9 +385,7 @@ async fn a_wrong_token_is_permission_denied_and_never_shown() {
     let mut cfg = config(&env);
     cfg.token = Some("not-the-cluster-token".into());
     let src = source(cfg).await;
-    let files = list_path(&*src, &["db1", "kafka"]).await;
-    let f = find(&files, "ca.pem");
-    let opened = src.open(f, &open_req()).await.unwrap();
+    let (f, opened) = open_at(&*src, &["db1", "kafka"], "ca.pem").await;
     let err = read_all(&*opened.reader, 0..f.size).await.unwrap_err();
     assert!(matches!(err, SourceError::PermissionDenied(_)), "{err}");
     assert!(err.to_string().contains("Invalid token"), "{err}");
@@ -420,9 +420,7 @@ async fn files_sent_as_json_content_type_by_old_builds_are_still_files() {
     let env = env().await;
     env.behaviour.lock().unwrap().json_content_type = true;
     let src = source(config(&env)).await;
-    let files = list_path(&*src, &["db1", "kafka"]).await;
-    let f = find(&files, "ca.pem");
-    let opened = src.open(f, &open_req()).await.unwrap();
+    let (f, opened) = open_at(&*src, &["db1", "kafka"], "ca.pem").await;
     let got = read_all(&*opened.reader, 0..f.size).await.unwrap();
     assert_eq!(&got[..], b"-----BEGIN CERTIFICATE-----\nabc\n");
 }
@@ -431,9 +429,7 @@ async fn files_sent_as_json_content_type_by_old_builds_are_still_files() {
 async fn transient_503s_are_retried_and_json_errors_are_not() {
     let env = env().await;
     let src = source(config(&env)).await;
-    let files = list_path(&*src, &["db1", "kafka"]).await;
-    let f = find(&files, "ca.pem");
-    let opened = src.open(f, &open_req()).await.unwrap();
+    let (f, opened) = open_at(&*src, &["db1", "kafka"], "ca.pem").await;
     env.server.harness.faults.set(FaultSpec {
         fail_next: 2,
         error_status: 503,

@@ -11,7 +11,7 @@ use fetchfs::error::SourceError;
 use fetchfs::http::HttpOptions;
 use fetchfs::provider::huawei::HuaweiConfig;
 use fetchfs::provider::{BuildContext, build};
-use fetchfs::source::{Entry, EntryKind, OpenRequest, Source, read_all};
+use fetchfs::source::{Entry, EntryKind, OpenRequest, Opened, Source, read_all};
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -119,6 +119,14 @@ async fn top(src: &dyn Source) -> Vec<Entry> {
     src.list(&root).await.unwrap()
 }
 
+/// Lists the root and opens the file `name` in it.
+async fn open_top(src: &dyn Source, name: &str) -> (Entry, Opened) {
+    let entries = top(src).await;
+    let f = find(&entries, name).clone();
+    let opened = src.open(&f, &open_req()).await.unwrap();
+    (f, opened)
+}
+
 fn open_req() -> OpenRequest {
     OpenRequest {
         block_size: 1 << 20,
@@ -200,9 +208,7 @@ async fn listing_polls_each_task_once_and_learns_each_size_once() {
 async fn a_whole_download_serves_any_range_and_costs_one_request() {
     let env = env().await;
     let src = source(config(&env)).await;
-    let entries = top(&*src).await;
-    let f = find(&entries, "hss-vul-vul-en-01.zip");
-    let opened = src.open(f, &open_req()).await.unwrap();
+    let (f, opened) = open_top(&*src, "hss-vul-vul-en-01.zip").await;
     assert!(!opened.reader.ranges());
     assert!(!src.capabilities().ranges);
     let want = report();
@@ -232,9 +238,7 @@ async fn a_whole_download_serves_any_range_and_costs_one_request() {
 async fn an_expired_token_is_renewed_once_and_the_read_succeeds() {
     let env = env().await;
     let src = source(config(&env)).await;
-    let entries = top(&*src).await;
-    let f = find(&entries, "hss-host-en-02.csv");
-    let opened = src.open(f, &open_req()).await.unwrap();
+    let (f, opened) = open_top(&*src, "hss-host-en-02.csv").await;
     assert_eq!(env.emu.tokens_issued(), 1);
     env.emu.expire_tokens();
     let got = read_all(&*opened.reader, 0..f.size).await.unwrap();
@@ -273,9 +277,7 @@ async fn a_token_is_renewed_before_its_expires_at() {
     })
     .await;
     let src = source(config(&env)).await;
-    let entries = top(&*src).await;
-    let f = find(&entries, "hss-host-en-02.csv");
-    let opened = src.open(f, &open_req()).await.unwrap();
+    let (f, opened) = open_top(&*src, "hss-host-en-02.csv").await;
     // Kept for 90 % of 1.5 s: after 1.4 s the token is still valid on the server, yet renewed.
     tokio::time::sleep(Duration::from_millis(1400)).await;
     read_all(&*opened.reader, 0..f.size).await.unwrap();
@@ -302,9 +304,7 @@ async fn the_apigw_spelling_of_token_expiry_renews_too() {
 async fn a_token_refused_right_after_renewal_is_permission_denied_without_a_loop() {
     let env = env().await;
     let src = source(config(&env)).await;
-    let entries = top(&*src).await;
-    let f = find(&entries, "hss-host-en-02.csv");
-    let opened = src.open(f, &open_req()).await.unwrap();
+    let (f, opened) = open_top(&*src, "hss-host-en-02.csv").await;
     env.emu.set_token_ttl(Duration::ZERO);
     env.emu.expire_tokens();
     let err = read_all(&*opened.reader, 0..f.size).await.unwrap_err();
@@ -356,9 +356,7 @@ async fn a_name_scoped_token_supplies_the_project_id() {
 async fn an_expired_export_file_is_not_found_with_the_servers_message() {
     let env = env().await;
     let src = source(config(&env)).await;
-    let entries = top(&*src).await;
-    let f = find(&entries, "hss-host-en-02.csv");
-    let opened = src.open(f, &open_req()).await.unwrap();
+    let (f, opened) = open_top(&*src, "hss-host-en-02.csv").await;
     std::fs::remove_dir_all(env.root.join("t-host")).unwrap();
     let err = read_all(&*opened.reader, 0..f.size).await.unwrap_err();
     assert!(matches!(err, SourceError::NotFound(_)), "{err}");
@@ -429,9 +427,7 @@ async fn a_file_replaced_under_the_same_id_is_reported_changed() {
 async fn injected_503s_are_retried_and_error_bodies_keep_their_message() {
     let env = env().await;
     let src = source(config(&env)).await;
-    let entries = top(&*src).await;
-    let f = find(&entries, "hss-host-en-02.csv");
-    let opened = src.open(f, &open_req()).await.unwrap();
+    let (f, opened) = open_top(&*src, "hss-host-en-02.csv").await;
     env.server.harness.faults.set(FaultSpec {
         fail_next: 2,
         error_status: 503,
