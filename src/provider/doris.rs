@@ -246,13 +246,7 @@ impl DorisSource {
         let status = resp.status();
         let bytes = self.http.body_bytes(resp, &what, MAX_QUERY_BYTES).await?;
         if !status.is_success() {
-            let msg = match parse_error(&bytes) {
-                Some(e) => e.message,
-                None => String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
-                    .trim()
-                    .to_string(),
-            };
-            return Err(crate::http::status_error(status, format!("{what}: {msg}")));
+            return Err(status_error(status, &bytes, &what));
         }
         parse_result_set(&bytes).map_err(|e| match e {
             QueryError::Doris(err) => err.into_source_error(&what),
@@ -429,12 +423,7 @@ impl DorisReader {
         let body = self.http.body_bytes(resp, &what, limit).await?;
         crate::metrics::Metrics::add(&crate::metrics::global().http_bytes, body.len() as u64);
         if !status.is_success() {
-            // Only the old Netty action answered real 4xx, with a plain-text body.
-            let msg = match parse_error(&body) {
-                Some(e) => e.message,
-                None => String::from_utf8_lossy(&body[..body.len().min(300)]).trim().to_string(),
-            };
-            return Err(crate::http::status_error(status, format!("{what}: {msg}")));
+            return Err(status_error(status, &body, &what));
         }
         if !is_attachment(&headers)
             && let Some(err) = parse_error(&body)
@@ -459,6 +448,16 @@ impl FileReader for DorisReader {
         let part = body.slice(start..end);
         Ok(Box::pin(futures_util::stream::once(async move { Ok(part) })))
     }
+}
+
+/// A non-200 answer: the FE answers errors with HTTP 200, but a proxy in front, a Basic-auth
+/// refusal or the old Netty action (real 4xx, plain-text body) can send a status.
+fn status_error(status: reqwest::StatusCode, body: &[u8], what: &str) -> SourceError {
+    let msg = match parse_error(body) {
+        Some(e) => e.message,
+        None => String::from_utf8_lossy(&body[..body.len().min(300)]).trim().to_string(),
+    };
+    crate::http::status_error(status, format!("{what}: {msg}"))
 }
 
 /// Whether a `get_small_file` answer is a file (`Content-Disposition: attachment;fileName=…`).
