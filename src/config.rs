@@ -178,6 +178,8 @@ impl SourceConfig {
     pub fn has_inline_secret(&self) -> bool {
         match self {
             SourceConfig::Http(c) => c.has_inline_secret(),
+            SourceConfig::Doris(c) => c.has_inline_secret(),
+            SourceConfig::Huawei(c) => c.has_inline_secret(),
         }
     }
 }

@@ -552,3 +552,58 @@ async fn demo_config_mounts_the_demo_emulator() {
     );
     drop(server);
 }
+
+/// The filesystem core (no kernel) over one Doris source as its root.
+async fn core_for(cfg: DorisConfig) -> Arc<fetchfs::fs::FsCore> {
+    let mut c = fetchfs::config::Config::default();
+    c.http = ctx().http;
+    c.sources = vec![SourceConfig::Doris(cfg)];
+    let sources = fetchfs::mount::build_sources(&c).await.unwrap();
+    fetchfs::fs::FsCore::new(fetchfs::fs::CoreConfig::from_config(&c), sources, true)
+}
+
+async fn core_open(core: &fetchfs::fs::FsCore, path: &[&str]) -> (u64, u64) {
+    let mut ino = 1;
+    let mut size = 0;
+    for seg in path {
+        let a = core.lookup(ino, seg).await.unwrap();
+        (ino, size) = (a.ino, a.size);
+    }
+    (core.open(ino).await.unwrap().0, size)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn random_reads_through_the_core_download_each_file_once() {
+    let env = env().await;
+    let core = core_for(config(&env)).await;
+    let (fh, size) = core_open(&core, &["db1", "DEFAULT", "big.bin"]).await;
+    let want = big();
+    env.server.harness.stats.reset();
+    let mut rng = 0x51afd7ed558ccd1du64;
+    for _ in 0..40 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let off = rng % size;
+        let got = core.read(fh, off, 4096).await.unwrap();
+        let end = (off as usize + 4096).min(want.len());
+        assert_eq!(&got[..], &want[off as usize..end], "offset {off}");
+    }
+    assert_eq!(
+        downloads(&env.server),
+        1,
+        "the whole small file once, every range from it"
+    );
+    core.release(fh);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_file_read_through_the_core_fails_with_eio() {
+    let env = env().await;
+    env.behaviour.lock().unwrap().corrupt = true;
+    let core = core_for(config(&env)).await;
+    let (fh, _) = core_open(&core, &["db1", "kafka", "client.key"]).await;
+    let err = core.read(fh, 0, 4096).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    core.release(fh);
+}

@@ -587,3 +587,33 @@ async fn demo_config_mounts_the_demo_emulator() {
     assert!(got.starts_with(b"vul_name,severity_level,host_num\n"));
     drop(server);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn random_reads_through_the_core_download_each_file_once() {
+    let env = env().await;
+    let mut c = fetchfs::config::Config::default();
+    c.http = ctx().http;
+    c.sources = vec![SourceConfig::Huawei(config(&env))];
+    let sources = fetchfs::mount::build_sources(&c).await.unwrap();
+    let core = fetchfs::fs::FsCore::new(fetchfs::fs::CoreConfig::from_config(&c), sources, true);
+    let a = core.lookup(1, "hss-vul-vul-en-01.zip").await.unwrap();
+    let (fh, _) = core.open(a.ino).await.unwrap();
+    let want = report();
+    env.server.harness.stats.reset();
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    for _ in 0..40 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let off = rng % a.size;
+        let got = core.read(fh, off, 4096).await.unwrap();
+        let end = (off as usize + 4096).min(want.len());
+        assert_eq!(&got[..], &want[off as usize..end], "offset {off}");
+    }
+    assert_eq!(
+        downloads(&env.server),
+        1,
+        "the whole export file once, every range from it"
+    );
+    core.release(fh);
+}
