@@ -555,9 +555,11 @@ async fn demo_config_mounts_the_demo_emulator() {
 
 /// The filesystem core (no kernel) over one Doris source as its root.
 async fn core_for(cfg: DorisConfig) -> Arc<fetchfs::fs::FsCore> {
-    let mut c = fetchfs::config::Config::default();
-    c.http = ctx().http;
-    c.sources = vec![SourceConfig::Doris(cfg)];
+    let c = fetchfs::config::Config {
+        http: ctx().http,
+        sources: vec![SourceConfig::Doris(cfg)],
+        ..Default::default()
+    };
     let sources = fetchfs::mount::build_sources(&c).await.unwrap();
     fetchfs::fs::FsCore::new(fetchfs::fs::CoreConfig::from_config(&c), sources, true)
 }
@@ -606,4 +608,17 @@ async fn a_corrupted_file_read_through_the_core_fails_with_eio() {
     let err = core.read(fh, 0, 4096).await.unwrap_err();
     assert_eq!(err.errno(), libc::EIO, "{err}");
     core.release(fh);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_failure_names_the_file_id_but_never_the_token() {
+    let env = env().await;
+    let src = source(config(&env)).await;
+    let (f, opened) = open_at(&*src, &["db1", "kafka"], "ca.pem").await;
+    drop(env.server);
+    let err = read_all(&*opened.reader, 0..f.size).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&f.remote), "{text}");
+    assert!(!text.contains(TOKEN) && !text.contains("token="), "{text}");
 }

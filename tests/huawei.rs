@@ -232,6 +232,11 @@ async fn a_whole_download_serves_any_range_and_costs_one_request() {
         assert_eq!(&got[..], &want[a as usize..b as usize], "range {a}..{b}");
     }
     assert_eq!(downloads(&env.server), 7, "one request per read_stream");
+    assert_eq!(
+        env.emu.last_download_params(),
+        (Some("cn-north-4".into()), Some("all_granted_eps".into())),
+        "the region header and enterprise_project_id travel with the download"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -297,6 +302,20 @@ async fn the_apigw_spelling_of_token_expiry_renews_too() {
     env.emu.expire_tokens();
     let by_id = src.list(find(&entries, "by-id")).await.unwrap();
     assert_eq!(by_id.len(), 2);
+    assert_eq!(env.emu.tokens_issued(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_expiry_sent_with_403_renews_too() {
+    let env = env_with(HuaweiEmuOptions {
+        token_error_status: 403,
+        ..Default::default()
+    })
+    .await;
+    let src = source(config(&env)).await;
+    let (f, opened) = open_top(&*src, "hss-host-en-02.csv").await;
+    env.emu.expire_tokens();
+    read_all(&*opened.reader, 0..f.size).await.unwrap();
     assert_eq!(env.emu.tokens_issued(), 2);
 }
 
@@ -591,9 +610,11 @@ async fn demo_config_mounts_the_demo_emulator() {
 #[tokio::test(flavor = "multi_thread")]
 async fn random_reads_through_the_core_download_each_file_once() {
     let env = env().await;
-    let mut c = fetchfs::config::Config::default();
-    c.http = ctx().http;
-    c.sources = vec![SourceConfig::Huawei(config(&env))];
+    let c = fetchfs::config::Config {
+        http: ctx().http,
+        sources: vec![SourceConfig::Huawei(config(&env))],
+        ..Default::default()
+    };
     let sources = fetchfs::mount::build_sources(&c).await.unwrap();
     let core = fetchfs::fs::FsCore::new(fetchfs::fs::CoreConfig::from_config(&c), sources, true);
     let a = core.lookup(1, "hss-vul-vul-en-01.zip").await.unwrap();

@@ -15,13 +15,14 @@
 //! * `POST /v3/auth/tokens`: password identity with project scope (by id or by name) → 201,
 //!   `X-Subject-Token` (a few KB, as real tokens), token JSON with `issued_at`, `expires_at`
 //!   and `project.id`; lifetime from [`HuaweiEmuOptions::token_ttl`], changeable at run time.
-//! * every `/v5/...` route checks `X-Auth-Token` → 401 `APIG.0301` (or `APIGW.0301`) when
+//! * every `/v5/...` route checks `X-Auth-Token` → 401 (configurable) `APIG.0301` (or `APIGW.0301`) when
 //!   missing, unknown, expired or revoked ([`HuaweiEmulator::expire_tokens`]); a wrong
 //!   `project_id` → 403.
 //! * `GET /v5/{project_id}/export-task/{task_id}`, `POST /v5/{project_id}/vul/export`,
 //!   `GET /v5/{project_id}/download/{file_id}` (whole body, Range ignored, `Content-Length`,
 //!   `Content-Disposition: attachment; filename="<name>"`; 404 JSON for an unknown id).
-//!   `enterprise_project_id` is accepted and ignored.
+//!   `enterprise_project_id` is accepted and ignored (the last download's value and `region`
+//!   header are kept for tests: [`HuaweiEmulator::last_download_params`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use md5::{Digest, Md5};
@@ -61,6 +62,9 @@ pub struct HuaweiEmuOptions {
     pub apigw_code: bool,
     /// Send downloads chunked, without `Content-Length`.
     pub no_content_length: bool,
+    /// HTTP status of the `APIG.0301` answer (401 documented for the gateway, unconfirmed for
+    /// HSS: providers.md §5.2).
+    pub token_error_status: u16,
 }
 
 impl Default for HuaweiEmuOptions {
@@ -75,6 +79,7 @@ impl Default for HuaweiEmuOptions {
             running_for: Duration::ZERO,
             apigw_code: false,
             no_content_length: false,
+            token_error_status: 401,
         }
     }
 }
@@ -109,6 +114,9 @@ pub struct EmuArgs {
     /// Send downloads chunked, without Content-Length.
     #[arg(long)]
     pub no_content_length: bool,
+    /// HTTP status sent with APIG.0301 (expired or invalid token).
+    #[arg(long, default_value_t = 401)]
+    pub token_error_status: u16,
 }
 
 impl From<&EmuArgs> for HuaweiEmuOptions {
@@ -123,6 +131,7 @@ impl From<&EmuArgs> for HuaweiEmuOptions {
             running_for: a.running_for,
             apigw_code: a.apigw_code,
             no_content_length: a.no_content_length,
+            token_error_status: a.token_error_status,
         }
     }
 }
@@ -141,6 +150,8 @@ struct Live {
     /// task id → first poll.
     first_poll: HashMap<String, Instant>,
     mem_tasks: HashMap<String, MemTask>,
+    /// `region` header and `enterprise_project_id` of the last download.
+    last_download: (Option<String>, Option<String>),
 }
 
 #[derive(Clone)]
@@ -175,6 +186,10 @@ impl HuaweiEmulator {
     /// Tokens issued by `POST /v3/auth/tokens`.
     pub fn tokens_issued(&self) -> u64 {
         self.state.tokens_issued.load(Ordering::SeqCst)
+    }
+    /// The `region` header and `enterprise_project_id` query of the last download request.
+    pub fn last_download_params(&self) -> (Option<String>, Option<String>) {
+        self.state.live.lock().unwrap().last_download.clone()
     }
     /// HSS requests refused with 401 for their token.
     pub fn tokens_rejected(&self) -> u64 {
@@ -301,7 +316,8 @@ fn check(s: &AppState, headers: &HeaderMap, project_id: &str) -> Option<Response
     };
     if let Some(m) = msg {
         s.tokens_rejected.fetch_add(1, Ordering::SeqCst);
-        return Some(hw_error(StatusCode::UNAUTHORIZED, code, &m));
+        let status = StatusCode::from_u16(s.opts.token_error_status).unwrap_or(StatusCode::UNAUTHORIZED);
+        return Some(hw_error(status, code, &m));
     }
     if project_id != s.opts.project_id {
         return Some(hw_error(
@@ -490,11 +506,14 @@ async fn create_export(
 async fn download(
     State(s): State<AppState>,
     UrlPath((project_id, file_id)): UrlPath<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
     if let Some(r) = check(&s, &headers, &project_id) {
         return r;
     }
+    let region = headers.get("region").and_then(|v| v.to_str().ok()).map(str::to_string);
+    s.live.lock().unwrap().last_download = (region, q.get("enterprise_project_id").cloned());
     let found = all_task_ids(&s)
         .into_iter()
         .filter_map(|id| load_task(&s, &id))

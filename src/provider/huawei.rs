@@ -361,12 +361,18 @@ impl Inner {
             }
             let err = error_body(resp).await;
             let msg = format!("{what}: {}", err.text());
-            if status == StatusCode::UNAUTHORIZED && !renewed && matches!(self.creds, Credentials::Password { .. }) {
+            // 401 is the documented status; the code is checked too because HSS's status for
+            // APIG.0301 is unconfirmed (providers.md §5.2).
+            let token_refused = status == StatusCode::UNAUTHORIZED || err.code.ends_with(".0301");
+            if token_refused && !renewed && matches!(self.creds, Credentials::Password { .. }) {
                 // Expired or revoked (APIG.0301 / APIGW.0301): log in again, once.
                 tracing::debug!(%what, code = %err.code, "token refused; renewing it once");
                 self.tokens.invalidate(tok.generation).await;
                 renewed = true;
                 continue;
+            }
+            if token_refused {
+                return Err(SourceError::PermissionDenied(msg));
             }
             return Err(match status.as_u16() {
                 401 | 403 => SourceError::PermissionDenied(msg),
