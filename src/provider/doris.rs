@@ -297,10 +297,15 @@ impl DorisSource {
         e.mtime = self.mtime_of(&f.id);
         e.validator = Some(format!("{}:{}", f.id, f.md5));
         e.checksum = Checksum::md5_hex(&f.md5);
-        e.with_xattr("user.doris.file_id", f.id.clone())
-            .with_xattr("user.doris.md5", f.md5.clone())
+        let e = e
+            .with_xattr("user.doris.file_id", f.id.clone())
             .with_xattr("user.doris.database", f.db.clone())
-            .with_xattr("user.doris.catalog", f.catalog.clone())
+            .with_xattr("user.doris.catalog", f.catalog.clone());
+        if f.md5.is_empty() {
+            e
+        } else {
+            e.with_xattr("user.doris.md5", f.md5.clone())
+        }
     }
 
     fn dir_entry(&self, name: &str, dir: Dir) -> Entry {

@@ -3,8 +3,9 @@
 //! * Auth: an IAM user token from `POST /v3/auth/tokens` (password identity, project scope),
 //!   read from the `X-Subject-Token` header and sent as `X-Auth-Token`. It lives in a
 //!   [`TokenCache`]: fetched lazily, renewed at 90 % of its stated lifetime (at most 5 minutes
-//!   before `expires_at`), and renewed once more when HSS answers 401 (`APIG.0301`), with one
-//!   renewal in flight. A token given ready-made (`token`) is used as is and cannot be renewed.
+//!   before `expires_at`), and renewed once more when HSS answers 401 or an `APIG.0301` /
+//!   `APIGW.0301` code (the status of that answer is unconfirmed for HSS), with one renewal in
+//!   flight. A token given ready-made (`token`) is used as is and cannot be renewed.
 //! * Listing: HSS has no "list exports" call, so the source shows the configured export tasks:
 //!   each is polled with `GET /v5/{project_id}/export-task/{task_id}`; a finished task appears
 //!   as `<file_name>` and `by-id/<file_id>`, a running or failed one is absent and explained in
