@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::Harness;
 
 /// Listing page styles.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ListingStyle {
     /// `<pre>` with exact sizes, as nginx's default autoindex.
