@@ -37,6 +37,8 @@ pub struct Plan {
     pub direct: bool,
     /// Byte range to have fetched ahead (may be empty).
     pub prefetch: Range<u64>,
+    /// The current window (0 while random): how far past the read a demand fetch may reach.
+    pub window: u64,
 }
 
 /// Per-handle prefetch state.
@@ -45,16 +47,20 @@ pub struct Prefetcher {
     expected: Option<u64>,
     window: u64,
     max_window: u64,
+    /// Largest single request: prefetch is issued in batches of this size once the window
+    /// allows, never one read's worth at a time (which made 1 MiB GETs in steady state).
+    batch: u64,
     /// Bytes up to which prefetch has already been requested.
     scheduled_to: u64,
 }
 
 impl Prefetcher {
-    pub fn new(max_window: u64) -> Prefetcher {
+    pub fn new(max_window: u64, batch: u64) -> Prefetcher {
         Prefetcher {
             expected: None,
             window: 0,
             max_window: max_window.max(INITIAL_WINDOW),
+            batch: batch.max(1),
             scheduled_to: 0,
         }
     }
@@ -68,7 +74,9 @@ impl Prefetcher {
     pub fn on_read(&mut self, offset: u64, len: u64, size: u64) -> Plan {
         let end = (offset + len).min(size);
         let sequential = match self.expected {
-            None => offset == 0,
+            // The kernel may answer the first two readahead READs in either order: a first
+            // read near the start still counts as the start of a sequential read.
+            None => offset <= SEQ_SLACK,
             Some(exp) => offset.abs_diff(exp) <= SEQ_SLACK,
         };
         if sequential {
@@ -90,16 +98,25 @@ impl Prefetcher {
             return Plan {
                 direct: true,
                 prefetch: 0..0,
+                window: 0,
             };
         }
         let from = self.scheduled_to.max(offset);
-        let to = (offset + self.window).min(size);
+        let target = (offset + self.window).min(size);
+        let batch = self.batch.min(self.window);
+        // Schedule whole batches only (or the tail of the file).
+        let to = if target >= size {
+            size
+        } else {
+            from + (target.saturating_sub(from) / batch) * batch
+        };
         if to > from {
             self.scheduled_to = to;
         }
         Plan {
             direct: false,
             prefetch: from..to.max(from),
+            window: self.window,
         }
     }
 }
@@ -111,7 +128,7 @@ mod tests {
 
     #[test]
     fn sequential_reader_window_doubles_to_the_cap() {
-        let mut p = Prefetcher::new(16 * MB);
+        let mut p = Prefetcher::new(16 * MB, 4 * MB);
         let mut windows = Vec::new();
         for i in 0..8 {
             let plan = p.on_read(i * 128 * 1024, 128 * 1024, 1 << 30);
@@ -123,7 +140,7 @@ mod tests {
 
     #[test]
     fn prefetch_ranges_do_not_overlap() {
-        let mut p = Prefetcher::new(16 * MB);
+        let mut p = Prefetcher::new(16 * MB, 4 * MB);
         let mut last_end = 0;
         for i in 0..64 {
             let plan = p.on_read(i * 128 * 1024, 128 * 1024, 1 << 30);
@@ -136,9 +153,29 @@ mod tests {
     }
 
     #[test]
+    fn steady_state_prefetch_is_issued_in_whole_batches() {
+        let mut p = Prefetcher::new(64 * MB, 8 * MB);
+        let mut sizes = Vec::new();
+        for i in 0..200 {
+            let plan = p.on_read(i * MB, MB, 1 << 30);
+            if !plan.prefetch.is_empty() {
+                sizes.push(plan.prefetch.end - plan.prefetch.start);
+            }
+        }
+        assert!(sizes.iter().skip(6).all(|s| *s >= 8 * MB), "{sizes:?}");
+    }
+
+    #[test]
+    fn the_first_two_reads_out_of_order_still_count_as_sequential() {
+        let mut p = Prefetcher::new(64 * MB, 8 * MB);
+        assert!(!p.on_read(MB, MB, 1 << 30).direct);
+        assert!(!p.on_read(0, MB, 1 << 30).direct);
+    }
+
+    #[test]
     fn random_reads_are_direct_and_fetch_nothing_ahead() {
-        let mut p = Prefetcher::new(64 * MB);
-        for off in [500 * MB, 17 * MB, 900 * MB, 3 * MB + 4096] {
+        let mut p = Prefetcher::new(64 * MB, 8 * MB);
+        for off in [500 * MB, 17 * MB, 900 * MB, 3 * MB + 4096 + 20 * MB] {
             let plan = p.on_read(off, 4096, 1 << 30);
             assert!(plan.direct, "{off}");
             assert!(plan.prefetch.is_empty());
@@ -147,7 +184,7 @@ mod tests {
 
     #[test]
     fn small_reorders_keep_the_window_and_a_seek_resets_it() {
-        let mut p = Prefetcher::new(64 * MB);
+        let mut p = Prefetcher::new(64 * MB, 8 * MB);
         p.on_read(0, MB, 1 << 30);
         p.on_read(MB, MB, 1 << 30);
         p.on_read(3 * MB, MB, 1 << 30); // the kernel sent 3 before 2
@@ -163,7 +200,7 @@ mod tests {
 
     #[test]
     fn prefetch_never_passes_the_end_of_the_file() {
-        let mut p = Prefetcher::new(64 * MB);
+        let mut p = Prefetcher::new(64 * MB, 8 * MB);
         let plan = p.on_read(0, 4096, 3 * MB / 2);
         assert!(plan.prefetch.end <= 3 * MB / 2);
     }

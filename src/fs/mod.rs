@@ -523,7 +523,7 @@ impl FsCore {
             ino,
             ctx,
             validator,
-            prefetch: Mutex::new(Prefetcher::new(self.cfg.max_window)),
+            prefetch: Mutex::new(Prefetcher::new(self.cfg.max_window, self.cfg.max_request)),
             verifier: tokio::sync::Mutex::new(verifier),
         });
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -564,6 +564,7 @@ impl FsCore {
             .lock()
             .unwrap()
             .on_read(range.start, range.end - range.start, file_size);
+        tracing::trace!(fh, offset, size, direct = plan.direct, prefetch = ?plan.prefetch, "read plan");
         let bs = self.cache.block_size();
         let all_present = (range.start / bs..=(range.end - 1) / bs).all(|b| self.cache.present(&h.ctx, b));
         if plan.direct && h.ctx.reader.ranges() && !all_present {
@@ -571,7 +572,16 @@ impl FsCore {
             *h.verifier.lock().await = None;
             return Ok(self.direct_read(&h.ctx, range).await?);
         }
-        self.cache.ensure(&h.ctx, range.clone(), Priority::Demand);
+        // The kernel keeps many readahead READs in flight, so a sequential reader's reads can
+        // land beyond the prefetch window. A miss then fetches the whole aligned request-sized
+        // run around it (one 8 MiB GET instead of eight 1 MiB ones); later reads join it.
+        let demand_end = if plan.direct {
+            range.end
+        } else {
+            let req = self.cfg.max_request.max(bs).min(plan.window.max(bs));
+            (range.end.div_ceil(req) * req).min(file_size).max(range.end)
+        };
+        self.cache.ensure(&h.ctx, range.start..demand_end, Priority::Demand);
         if !plan.prefetch.is_empty() {
             self.cache.ensure(&h.ctx, plan.prefetch.clone(), Priority::Prefetch);
         }
