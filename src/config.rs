@@ -155,17 +155,20 @@ pub struct ConfigFile {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceConfig {
     Http(crate::provider::http::HttpConfig),
+    B2(crate::provider::b2::B2Config),
 }
 
 impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::Http(c) => &c.name,
+            SourceConfig::B2(c) => &c.name,
         }
     }
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Http(_) => "http",
+            SourceConfig::B2(_) => "b2",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! | module | API |
 //! |---|---|
 //! | [`http`] | any HTTP(S) server: HTML autoindex listings, Range GETs |
+//! | [`b2`] | Backblaze B2 native API: `b2_list_file_names`, `b2_download_file_by_id` |
 //!
 //! A provider module exports its `[[source]]` config struct (serde, `deny_unknown_fields`,
 //! with a `name` field) and an async `build` that checks credentials-independent values and
@@ -11,6 +12,7 @@
 //! their API.
 
 pub mod autoindex;
+pub mod b2;
 pub mod http;
 
 use std::path::PathBuf;
@@ -44,6 +46,7 @@ impl BuildContext {
 pub async fn build(cfg: &SourceConfig, ctx: &BuildContext) -> Result<Arc<dyn Source>, ConfigError> {
     match cfg {
         SourceConfig::Http(c) => Ok(Arc::new(http::HttpSource::new(c, ctx)?)),
+        SourceConfig::B2(c) => b2::build(c, ctx).await,
     }
 }
 
@@ -53,8 +56,9 @@ pub fn from_url(url: &str, name: &str) -> Result<SourceConfig, ConfigError> {
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
         Some("http") | Some("https") => Ok(SourceConfig::Http(http::HttpConfig::from_url(url, name)?)),
+        Some("b2") => Ok(SourceConfig::B2(b2::B2Config::from_url(url, name)?)),
         Some(other) => Err(ConfigError::new(format!(
-            "'{url}': unknown scheme '{other}://' (use http://, https://)"
+            "'{url}': unknown scheme '{other}://' (use http://, https://, b2://)"
         ))),
         None => Err(ConfigError::new(format!(
             "'{url}' is not a URL; give e.g. http://host/dir/ or --config FILE"
