@@ -93,7 +93,9 @@ async fn start_with(opts: B2EmuOptions, setup: impl FnOnce(&B2Control)) -> Env {
 
 /// Deterministic, non-repeating bytes.
 fn pattern(n: usize) -> Vec<u8> {
-    (0..n as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+    (0..n as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
 }
 
 fn sha1(b: &[u8]) -> Checksum {
@@ -180,13 +182,22 @@ async fn buckets_folders_and_files_are_listed_with_b2_metadata() {
 async fn a_configured_bucket_and_prefix_sit_at_the_root() {
     let env = standard().await;
     let src = env.source(Some("photos"));
-    assert_eq!(names(&src.list(&src.root().await.unwrap()).await.unwrap()), ["a.txt", "dir", "empty"]);
+    assert_eq!(
+        names(&src.list(&src.root().await.unwrap()).await.unwrap()),
+        ["a.txt", "dir", "empty"]
+    );
     let mut cfg = env.cfg(Some("photos"));
     cfg.prefix = Some("/dir/".into());
     let src = source_of(&cfg);
-    assert_eq!(names(&src.list(&src.root().await.unwrap()).await.unwrap()), ["b.txt", "sub"]);
+    assert_eq!(
+        names(&src.list(&src.root().await.unwrap()).await.unwrap()),
+        ["b.txt", "sub"]
+    );
     let o = open(&*src, "sub/c.bin").await;
-    assert_eq!(&read_all(&*o.reader, 10..20).await.unwrap()[..], &pattern(100_000)[10..20]);
+    assert_eq!(
+        &read_all(&*o.reader, 10..20).await.unwrap()[..],
+        &pattern(100_000)[10..20]
+    );
     let missing = source_of(&env.cfg(Some("nope")));
     assert!(matches!(missing.root().await, Err(SourceError::NotFound(_))));
 }
@@ -198,7 +209,14 @@ async fn every_range_row_reads_exactly_the_requested_bytes() {
     let data = pattern(100_000);
     let o = open(&*src, "dir/sub/c.bin").await;
     // Part of the object (206), the tail, one byte, and the whole object (sent without Range).
-    for r in [10..20u64, 99_000..100_000, 0..1, 99_999..100_000, 0..100_000, 1..100_000] {
+    for r in [
+        10..20u64,
+        99_000..100_000,
+        0..1,
+        99_999..100_000,
+        0..100_000,
+        1..100_000,
+    ] {
         let got = read_all(&*o.reader, r.clone()).await.unwrap();
         assert_eq!(&got[..], &data[r.start as usize..r.end as usize], "{r:?}");
     }
@@ -212,7 +230,10 @@ async fn every_range_row_reads_exactly_the_requested_bytes() {
     let mut stale = find(&*src, "a.txt").await.unwrap();
     stale.size = 100;
     let s = src.open(&stale, &req()).await.unwrap();
-    assert!(matches!(read_all(&*s.reader, 50..60).await, Err(SourceError::Changed(_))));
+    assert!(matches!(
+        read_all(&*s.reader, 50..60).await,
+        Err(SourceError::Changed(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -311,7 +332,8 @@ async fn restricted_keys_list_their_allowed_buckets_in_every_shape() {
             api_shape: Some(shape),
             ..B2EmuOptions::default()
         };
-        opts.keys.push(EmuKey::restricted("one-id", "one-key", &["photos"], None));
+        opts.keys
+            .push(EmuKey::restricted("one-id", "one-key", &["photos"], None));
         let env = start_with(opts, |c| {
             c.upload("photos", "p.txt", &b"p"[..]);
             c.upload("secret", "s.txt", &b"s"[..]);
@@ -346,7 +368,10 @@ async fn refused_credentials_and_capabilities_are_permission_denied() {
     let mut cfg = env.cfg(Some("photos"));
     cfg.application_key = Some("wrong".into());
     let e = source_of(&cfg).root().await.unwrap_err();
-    assert!(matches!(&e, SourceError::PermissionDenied(m) if m.contains("unauthorized")), "{e}");
+    assert!(
+        matches!(&e, SourceError::PermissionDenied(m) if m.contains("unauthorized")),
+        "{e}"
+    );
     assert!(!e.to_string().contains("wrong"), "no secret in messages: {e}");
     assert_eq!(env.stats("b2_authorize_account"), 1, "a refused key is not retried");
 
@@ -355,7 +380,10 @@ async fn refused_credentials_and_capabilities_are_permission_denied() {
     let src = source_of(&cfg);
     let root = src.root().await.unwrap();
     let e = src.list(&root).await.unwrap_err();
-    assert!(matches!(&e, SourceError::PermissionDenied(m) if m.contains("listFiles")), "{e}");
+    assert!(
+        matches!(&e, SourceError::PermissionDenied(m) if m.contains("listFiles")),
+        "{e}"
+    );
 
     cfg.key_id = Some("pre-id".into());
     cfg.application_key = Some("pre-key".into());
@@ -409,7 +437,10 @@ async fn a_token_that_keeps_failing_is_not_renewed_in_a_loop() {
     env.control.update(|o| o.token_max_requests = Some(0));
     let root = src.root().await.unwrap();
     let e = src.list(&root).await.unwrap_err();
-    assert!(matches!(&e, SourceError::PermissionDenied(m) if m.contains("expired_auth_token")), "{e}");
+    assert!(
+        matches!(&e, SourceError::PermissionDenied(m) if m.contains("expired_auth_token")),
+        "{e}"
+    );
     assert_eq!(env.stats("b2_authorize_account"), 2, "one renewal, then the error");
 }
 
@@ -431,7 +462,10 @@ async fn a_token_expiring_mid_read_of_a_large_file_keeps_reads_working() {
         out.extend_from_slice(&read_all(&*o.reader, r).await.unwrap());
     }
     assert!(out == data, "bytes differ");
-    assert!(env.stats("b2_authorize_account") >= 7, "tokens were renewed along the way");
+    assert!(
+        env.stats("b2_authorize_account") >= 7,
+        "tokens were renewed along the way"
+    );
     // And by time: a 300 ms token lapses between two reads.
     env.control.update(|o| {
         o.token_max_requests = None;
@@ -496,13 +530,19 @@ async fn caps_are_quota_errors_and_are_not_retried() {
         .update(|o| o.cap_exceeded = Some("download_cap_exceeded".into()));
     let before = env.stats("b2_download_file_by_id");
     let e = read_all(&*o.reader, 0..5).await.unwrap_err();
-    assert!(matches!(&e, SourceError::QuotaExceeded(m) if m.contains("download_cap_exceeded")), "{e}");
+    assert!(
+        matches!(&e, SourceError::QuotaExceeded(m) if m.contains("download_cap_exceeded")),
+        "{e}"
+    );
     assert_eq!(env.stats("b2_download_file_by_id"), before + 1);
     env.control
         .update(|o| o.cap_exceeded = Some("transaction_cap_exceeded".into()));
     let root = src.root().await.unwrap();
     let e = src.list(&root).await.unwrap_err();
-    assert!(matches!(&e, SourceError::QuotaExceeded(m) if m.contains("transaction_cap_exceeded")), "{e}");
+    assert!(
+        matches!(&e, SourceError::QuotaExceeded(m) if m.contains("transaction_cap_exceeded")),
+        "{e}"
+    );
     assert_eq!(e.errno(), libc::EIO);
 }
 
@@ -513,7 +553,10 @@ async fn missing_files_and_buckets_are_not_found() {
     let mut a = find(&*src, "a.txt").await.unwrap();
     a.remote = "4_zdeadbeef_f0000".into();
     let o = src.open(&a, &req()).await.unwrap();
-    assert!(matches!(read_all(&*o.reader, 0..2).await, Err(SourceError::NotFound(_))));
+    assert!(matches!(
+        read_all(&*o.reader, 0..2).await,
+        Err(SourceError::NotFound(_))
+    ));
     let again = OpenRequest {
         block_size: 1 << 20,
         revalidate: true,
@@ -546,7 +589,10 @@ async fn sse_c_files_need_the_right_key() {
     let no_key = env.source(Some("enc"));
     let e = find(&*no_key, "secret.txt").await.unwrap();
     assert_eq!(xattr(&e, "user.b2.server_side_encryption").as_deref(), Some("SSE-C"));
-    assert!(matches!(no_key.open(&e, &req()).await, Err(SourceError::PermissionDenied(_))));
+    assert!(matches!(
+        no_key.open(&e, &req()).await,
+        Err(SourceError::PermissionDenied(_))
+    ));
     for (k, ok) in [(&wrong, false), (&key, true)] {
         std::fs::write(&path, format!("{k}\n")).unwrap();
         let mut cfg = env.cfg(Some("enc"));
@@ -558,7 +604,10 @@ async fn sse_c_files_need_the_right_key() {
             assert_eq!(&r.unwrap()[..], b"classified");
         } else {
             let e = r.unwrap_err();
-            assert!(matches!(&e, SourceError::PermissionDenied(m) if m.contains("access_denied")), "{e}");
+            assert!(
+                matches!(&e, SourceError::PermissionDenied(m) if m.contains("access_denied")),
+                "{e}"
+            );
             assert!(!e.to_string().contains(k.as_str()), "no key in messages");
         }
     }
@@ -605,7 +654,10 @@ async fn checksums_follow_content_sha1_large_file_sha1_and_unverified() {
     };
     assert_eq!(get("small").await.checksum, Some(sha1(&small)));
     assert_eq!(get("big").await.checksum, None, "contentSha1 none, no large_file_sha1");
-    assert_eq!(xattr(&get("big").await, "user.b2.content_sha1").as_deref(), Some("none"));
+    assert_eq!(
+        xattr(&get("big").await, "user.b2.content_sha1").as_deref(),
+        Some("none")
+    );
     env.control.update(|o| o.large_file_sha1 = true);
     assert_eq!(get("big").await.checksum, Some(sha1(&big)));
     env.control.update(|o| o.unverified_sha1 = true);
@@ -613,7 +665,11 @@ async fn checksums_follow_content_sha1_large_file_sha1_and_unverified() {
     assert_eq!(get("small").await.checksum, Some(sha1(&small)));
     env.control.update(|o| o.wrong_sha1 = true);
     let wrong = get("small").await.checksum.unwrap();
-    assert_ne!(wrong, sha1(&small), "the emulator can lie so the core's check is exercised");
+    assert_ne!(
+        wrong,
+        sha1(&small),
+        "the emulator can lie so the core's check is exercised"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -723,16 +779,16 @@ async fn unusual_names_and_info_values_survive_percent_encoding() {
         )
         .await
         .unwrap();
-    assert_eq!(xattr(&fresh.entry, "user.b2.info.author").as_deref(), Some("Jürgen + Zoë"));
+    assert_eq!(
+        xattr(&fresh.entry, "user.b2.info.author").as_deref(),
+        Some("Jürgen + Zoë")
+    );
     assert_eq!(fresh.entry.mtime, e.mtime);
     assert_eq!(&read_all(&*fresh.reader, 0..3).await.unwrap()[..], b"odd");
     // By name, the path is %XX-encoded.
     let t = env.token().await;
     let r = reqwest::Client::new()
-        .get(format!(
-            "{}/file/b/d%C3%ADr/a%20b%2Bc%2520d.txt",
-            env.server.base_url()
-        ))
+        .get(format!("{}/file/b/d%C3%ADr/a%20b%2Bc%2520d.txt", env.server.base_url()))
         .header("authorization", t["authorizationToken"].as_str().unwrap())
         .send()
         .await
@@ -863,7 +919,10 @@ async fn emulator_serves_the_rest_of_the_checklist() {
         .unwrap();
     assert_eq!(r.headers()["content-type"], "text/x-test");
     assert_eq!(r.headers()["cache-control"], "max-age=5");
-    assert!(r.headers().get("content-disposition").is_none(), "only the old version had it");
+    assert!(
+        r.headers().get("content-disposition").is_none(),
+        "only the old version had it"
+    );
     assert_eq!(r.text().await.unwrap(), "private v2");
     // POST with a JSON body; list_file_versions pages with nextFileId.
     let page: serde_json::Value = http
@@ -946,7 +1005,10 @@ async fn emulator_serves_the_rest_of_the_checklist() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let v: serde_json::Value = r.json().await.unwrap();
-    assert_eq!((v["status"].as_u64(), v["code"].as_str()), (Some(400), Some("bad_request")));
+    assert_eq!(
+        (v["status"].as_u64(), v["code"].as_str()),
+        (Some(400), Some("bad_request"))
+    );
     let r = http
         .get(format!("{base}/b2api/v4/b2_list_file_names"))
         .header("authorization", "garbage")
@@ -1021,7 +1083,10 @@ async fn the_emulator_tree_convention_and_the_demo_work() {
     let root = src.root().await.unwrap();
     assert_eq!(names(&src.list(&root).await.unwrap()), ["demo-bucket"]);
     let b = find(&*src, "demo-bucket").await.unwrap();
-    assert_eq!(names(&src.list(&b).await.unwrap()), [".versions", "data", "docs", "hello.txt"]);
+    assert_eq!(
+        names(&src.list(&b).await.unwrap()),
+        [".versions", "data", "docs", "hello.txt"]
+    );
     let docs = find(&*src, "demo-bucket/docs").await.unwrap();
     let list = src.list(&docs).await.unwrap();
     assert_eq!(names(&list), [".versions", "readme.md"], "removed.txt is hidden");
@@ -1044,7 +1109,10 @@ fn quick_form_and_credentials_resolve_or_name_the_missing_key() {
     let fetchfs::config::SourceConfig::B2(c) = cfg else {
         panic!("not b2")
     };
-    assert_eq!((c.bucket.as_deref(), c.prefix.as_deref()), (Some("bucket"), Some("some/prefix")));
+    assert_eq!(
+        (c.bucket.as_deref(), c.prefix.as_deref()),
+        (Some("bucket"), Some("some/prefix"))
+    );
     // SAFETY: this is the only test touching these variables.
     unsafe {
         std::env::remove_var("B2_APPLICATION_KEY_ID");

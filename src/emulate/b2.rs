@@ -298,17 +298,22 @@ impl Store {
     }
 
     /// Adds a version as the newest of `name`; returns its fileId.
-    fn add(&mut self, bucket: &str, name: &str, action: &'static str, data: Data, sha1: String, o: UploadOpts) -> String {
+    fn add(
+        &mut self,
+        bucket: &str,
+        name: &str,
+        action: &'static str,
+        data: Data,
+        sha1: String,
+        o: UploadOpts,
+    ) -> String {
         self.next_id += 1;
         let id = self.next_id;
         let b = self.bucket_mut(bucket);
         let file_id = format!("4_z{}_f{:016x}_d{}", b.id, id, now_ms() / 86_400_000);
         let content_type = match action {
             "hide" => "application/x-bz-hide-marker".to_string(),
-            _ => o
-                .content_type
-                .clone()
-                .unwrap_or_else(|| guess_type(name).to_string()),
+            _ => o.content_type.clone().unwrap_or_else(|| guess_type(name).to_string()),
         };
         let v = Version {
             file_id: file_id.clone(),
@@ -456,10 +461,7 @@ pub fn router(root: &Path, opts: B2EmuOptions) -> B2Emulator {
     let control = B2Control(emu.clone());
     let harness = Harness::default();
     let r = Router::new()
-        .route(
-            "/b2api/{ver}/{op}",
-            axum::routing::get(api).post(api).head(api),
-        )
+        .route("/b2api/{ver}/{op}", axum::routing::get(api).post(api).head(api))
         .route("/file/{bucket}/{*name}", axum::routing::get(by_name).head(by_name))
         .route(
             "/__fetchfs/b2",
@@ -586,7 +588,11 @@ fn load_tree(store: &mut Store, root: &Path) -> std::io::Result<()> {
         for obj in objects {
             let mut versions: Vec<(u32, String)> = names
                 .iter()
-                .filter_map(|n| version_suffix(n).filter(|(base, _)| *base == obj).map(|(_, v)| (v, n.clone())))
+                .filter_map(|n| {
+                    version_suffix(n)
+                        .filter(|(base, _)| *base == obj)
+                        .map(|(_, v)| (v, n.clone()))
+                })
                 .collect();
             versions.sort();
             let mut uploads: Vec<String> = versions.into_iter().map(|(_, n)| n).collect();
@@ -724,17 +730,21 @@ impl Grant {
     }
     fn bucket(&self, name: &str) -> Result<(), ApiErr> {
         match &self.key.buckets {
-            Some(list) if !list.iter().any(|b| b == name) => {
-                Err(err(401, "unauthorized", format!("the key is not allowed bucket {name}")))
-            }
+            Some(list) if !list.iter().any(|b| b == name) => Err(err(
+                401,
+                "unauthorized",
+                format!("the key is not allowed bucket {name}"),
+            )),
             _ => Ok(()),
         }
     }
     fn name(&self, name: &str) -> Result<(), ApiErr> {
         match &self.key.name_prefix {
-            Some(p) if !name.starts_with(p.as_str()) => {
-                Err(err(401, "unauthorized", format!("the key is restricted to names under {p}")))
-            }
+            Some(p) if !name.starts_with(p.as_str()) => Err(err(
+                401,
+                "unauthorized",
+                format!("the key is restricted to names under {p}"),
+            )),
             _ => Ok(()),
         }
     }
@@ -764,7 +774,9 @@ impl Emu {
         let expired = t.expired
             || t.issued.elapsed() >= o.token_ttl
             || o.token_max_requests.is_some_and(|n| t.requests > n)
-            || t.download.as_ref().is_some_and(|(_, _, until)| Instant::now() >= *until);
+            || t.download
+                .as_ref()
+                .is_some_and(|(_, _, until)| Instant::now() >= *until);
         if expired {
             t.expired = true;
             return Err(err(401, "expired_auth_token", "authorization token has expired"));
@@ -851,7 +863,8 @@ impl Emu {
             _ => {
                 let mut flat = common;
                 flat["minimumPartSize"] = json!(100_000_000);
-                flat["allowed"] = json!({"bucketId": bid, "bucketName": bname, "capabilities": caps, "namePrefix": prefix});
+                flat["allowed"] =
+                    json!({"bucketId": bid, "bucketName": bname, "capabilities": caps, "namePrefix": prefix});
                 flat
             }
         };
@@ -878,7 +891,11 @@ impl Emu {
         let by_name = p.get("bucketName");
         if g.key.buckets.is_some() && by_id.is_none() && by_name.is_none() {
             // Since v2: a restricted key must name its bucket (§1.2).
-            return Err(err(401, "unauthorized", "the key is restricted to buckets; give bucketId or bucketName"));
+            return Err(err(
+                401,
+                "unauthorized",
+                "the key is restricted to buckets; give bucketId or bucketName",
+            ));
         }
         let types: Option<Vec<String>> = p.get("bucketTypes").and_then(|t| serde_json::from_str(t).ok());
         let store = self.store.lock().unwrap();
@@ -887,7 +904,11 @@ impl Emu {
             if by_id.is_some_and(|id| *id != b.id) || by_name.is_some_and(|n| *n != b.name) {
                 continue;
             }
-            let btype = if o.public_buckets.contains(&b.name) { "allPublic" } else { "allPrivate" };
+            let btype = if o.public_buckets.contains(&b.name) {
+                "allPublic"
+            } else {
+                "allPrivate"
+            };
             if let Some(t) = &types {
                 if !t.iter().any(|t| t == "all" || t == btype) {
                     continue;
@@ -902,60 +923,73 @@ impl Emu {
         Ok(json!({"buckets": out}))
     }
 
-    fn file_json(&self, shape: u8, b: &Bucket, name: &str, v: &Version) -> Value {
-        let o = self.opts();
-        let mut info: serde_json::Map<String, Value> =
-            v.info.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-        let (sha1, md5) = match v.action {
+    fn file_json(&self, o: &B2EmuOptions, shape: u8, b: &Bucket, name: &str, v: &Version) -> FileJson {
+        let mut info = v.info.clone();
+        let sha1 = match v.action {
             "upload" => {
-                let sha = wire_sha1(&o, &v.sha1);
-                let large = o.large_file_threshold.is_some_and(|t| v.data.len() >= t);
-                if large {
+                let sha = wire_sha1(o, &v.sha1);
+                if o.large_file_threshold.is_some_and(|t| v.data.len() >= t) {
                     if o.large_file_sha1 {
-                        info.insert("large_file_sha1".into(), json!(sha));
+                        info.insert("large_file_sha1".into(), sha);
                     }
-                    (json!("none"), Value::Null)
+                    Some("none".to_string())
                 } else {
-                    (json!(sha), Value::Null)
+                    Some(sha)
                 }
             }
-            "start" => (json!("none"), Value::Null),
-            _ => (Value::Null, Value::Null),
+            "start" => Some("none".to_string()),
+            _ => None,
         };
         let len = if v.action == "upload" { v.data.len() } else { 0 };
-        let mut f = json!({
-            "accountId": o.account_id, "action": v.action, "bucketId": b.id,
-            "contentSha1": sha1, "contentMd5": md5, "contentType": v.content_type,
-            "fileId": v.file_id, "fileInfo": info, "fileName": name, "uploadTimestamp": v.upload_ts,
-        });
-        if shape <= 1 {
-            f["size"] = json!(len);
-        } else {
-            f["contentLength"] = json!(len);
-            f["serverSideEncryption"] = match &v.sse_key_md5 {
-                Some(_) => json!({"mode": "SSE-C", "algorithm": "AES256"}),
-                None => json!({"mode": null}),
-            };
-            f["fileRetention"] = json!({"isClientAuthorizedToRead": false, "value": null});
-            f["legalHold"] = json!({"isClientAuthorizedToRead": false, "value": null});
-            f["replicationStatus"] = Value::Null;
-        }
+        let mut f = FileJson {
+            account_id: o.account_id.clone(),
+            action: v.action,
+            bucket_id: b.id.clone(),
+            content_length: None,
+            size: None,
+            content_sha1: sha1,
+            content_md5: None,
+            content_type: Some(v.content_type.clone()),
+            file_id: Some(v.file_id.clone()),
+            file_info: info,
+            file_name: name.to_string(),
+            upload_timestamp: v.upload_ts,
+            server_side_encryption: None,
+            file_retention: None,
+            legal_hold: None,
+            replication_status: None,
+        };
+        f.set_v2_fields(shape, len, v.sse_key_md5.is_some());
         f
     }
 
-    fn folder_json(&self, shape: u8, b: &Bucket, folder: &str) -> Value {
-        let mut f = json!({
-            "accountId": self.opts().account_id, "action": "folder", "bucketId": b.id,
-            "contentSha1": null, "contentMd5": null, "contentType": null, "fileId": null,
-            "fileInfo": {}, "fileName": folder, "uploadTimestamp": 0,
-        });
-        f[if shape <= 1 { "size" } else { "contentLength" }] = json!(0);
+    fn folder_json(&self, o: &B2EmuOptions, shape: u8, b: &Bucket, folder: &str) -> FileJson {
+        let mut f = FileJson {
+            account_id: o.account_id.clone(),
+            action: "folder",
+            bucket_id: b.id.clone(),
+            content_length: None,
+            size: None,
+            content_sha1: None,
+            content_md5: None,
+            content_type: None,
+            file_id: None,
+            file_info: BTreeMap::new(),
+            file_name: folder.to_string(),
+            upload_timestamp: 0,
+            server_side_encryption: None,
+            file_retention: None,
+            legal_hold: None,
+            replication_status: None,
+        };
+        f.set_v2_fields(shape, 0, false);
         f
     }
 
     /// `b2_list_file_names` (`versions = false`) and `b2_list_file_versions`.
-    fn list_files(&self, shape: u8, g: &Grant, p: &Params, versions: bool) -> Result<Value, ApiErr> {
+    fn list_files(&self, shape: u8, g: &Grant, p: &Params, versions: bool) -> Result<Response, ApiErr> {
         g.need("listFiles")?;
+        let o = self.opts();
         let bucket_id = required(p, "bucketId")?;
         let prefix = p.get("prefix").cloned().unwrap_or_default();
         let delimiter = p.get("delimiter").filter(|d| !d.is_empty()).cloned();
@@ -1007,7 +1041,7 @@ impl Emu {
                             .any(|(_, vs)| vs.first().is_some_and(|v| v.action != "hide"))
                     };
                     if visible && start_name.as_deref().is_none_or(|s| folder >= s) {
-                        out.push(self.folder_json(shape, b, folder));
+                        out.push(self.folder_json(&o, shape, b, folder));
                     }
                     cursor = Bound::Included(past_prefix(folder));
                     continue;
@@ -1023,25 +1057,26 @@ impl Emu {
                         next = Some((name.clone(), Some(v.file_id.clone())));
                         break 'scan;
                     }
-                    out.push(self.file_json(shape, b, name, v));
+                    out.push(self.file_json(&o, shape, b, name, v));
                 }
             } else if let Some(v) = vers.first().filter(|v| v.action != "hide") {
                 if out.len() == max {
                     next = Some((name.clone(), None));
                     break;
                 }
-                out.push(self.file_json(shape, b, name, v));
+                out.push(self.file_json(&o, shape, b, name, v));
             }
             cursor = Bound::Excluded(name.clone());
         }
-        let mut resp = json!({"files": out, "nextFileName": next.as_ref().map(|n| n.0.clone())});
-        if versions {
-            resp["nextFileId"] = json!(next.and_then(|n| n.1));
-        }
-        Ok(resp)
+        let next_file_id = versions.then(|| next.as_ref().and_then(|n| n.1.clone()));
+        Ok(json_response(ListJson {
+            files: out,
+            next_file_name: next.map(|n| n.0),
+            next_file_id,
+        }))
     }
 
-    fn get_file_info(&self, shape: u8, g: &Grant, p: &Params) -> Result<Value, ApiErr> {
+    fn get_file_info(&self, shape: u8, g: &Grant, p: &Params) -> Result<Response, ApiErr> {
         g.need("readFiles")?;
         let id = required(p, "fileId")?;
         let store = self.store.lock().unwrap();
@@ -1050,7 +1085,7 @@ impl Emu {
             .ok_or_else(|| err(404, "not_found", format!("file not present: {id}")))?;
         g.bucket(&b.name)?;
         g.name(name)?;
-        Ok(self.file_json(shape, b, name, v))
+        Ok(json_response(self.file_json(&self.opts(), shape, b, name, v)))
     }
 
     fn get_download_authorization(&self, g: &Grant, p: &Params) -> Result<Value, ApiErr> {
@@ -1151,24 +1186,100 @@ async fn api(
     }
     let shape = e.shape(v);
     let result = if op == "b2_authorize_account" {
-        e.authorize(v, &headers)
+        e.authorize(v, &headers).map(json_response)
     } else {
         e.check(header_token(&headers), &headers).and_then(|g| {
             e.transaction_cap()?;
             match op.as_str() {
-                "b2_list_buckets" => e.list_buckets(&g, &params),
+                "b2_list_buckets" => e.list_buckets(&g, &params).map(json_response),
                 "b2_list_file_names" => e.list_files(shape, &g, &params, false),
                 "b2_list_file_versions" => e.list_files(shape, &g, &params, true),
                 "b2_get_file_info" => e.get_file_info(shape, &g, &params),
-                "b2_get_download_authorization" => e.get_download_authorization(&g, &params),
+                "b2_get_download_authorization" => e.get_download_authorization(&g, &params).map(json_response),
                 other => Err(err(400, "bad_request", format!("unknown operation {other}"))),
             }
         })
     };
     match result {
-        Ok(v) => axum::Json(v).into_response(),
+        Ok(r) => r,
         Err(x) => x.render(head),
     }
+}
+
+fn json_response<T: Serialize>(v: T) -> Response {
+    axum::Json(v).into_response()
+}
+
+/// A file object on the wire. Typed rather than `json!`: listings of thousands of names are
+/// serialized per call.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FileJson {
+    account_id: String,
+    action: &'static str,
+    bucket_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_length: Option<u64>,
+    /// v1 calls it `size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    content_sha1: Option<String>,
+    content_md5: Option<String>,
+    content_type: Option<String>,
+    file_id: Option<String>,
+    file_info: BTreeMap<String, String>,
+    file_name: String,
+    upload_timestamp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_side_encryption: Option<SseJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_retention: Option<Unreadable>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    legal_hold: Option<Unreadable>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replication_status: Option<Option<String>>,
+}
+
+impl FileJson {
+    /// `size` for v1; `contentLength` and the v2+ fields otherwise.
+    fn set_v2_fields(&mut self, shape: u8, len: u64, sse_c: bool) {
+        if shape <= 1 {
+            self.size = Some(len);
+            return;
+        }
+        self.content_length = Some(len);
+        self.server_side_encryption = Some(SseJson {
+            mode: sse_c.then_some("SSE-C"),
+            algorithm: sse_c.then_some("AES256"),
+        });
+        self.file_retention = Some(Unreadable::default());
+        self.legal_hold = Some(Unreadable::default());
+        self.replication_status = Some(None);
+    }
+}
+
+#[derive(Serialize)]
+struct SseJson {
+    mode: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    algorithm: Option<&'static str>,
+}
+
+/// `{"isClientAuthorizedToRead": false, "value": null}`.
+#[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Unreadable {
+    is_client_authorized_to_read: bool,
+    value: Option<()>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListJson {
+    files: Vec<FileJson>,
+    next_file_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_file_id: Option<Option<String>>,
 }
 
 /// An object chosen for download, copied out of the store.
@@ -1228,7 +1339,9 @@ async fn by_name(
         .unwrap_or_default();
     // The name is the raw path after /file/<bucket>/, %XX-decoded (a literal '+' stays '+').
     let raw = uri.path().splitn(4, '/').nth(3).unwrap_or("");
-    let name = percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned();
+    let name = percent_encoding::percent_decode_str(raw)
+        .decode_utf8_lossy()
+        .into_owned();
     let result = (|| {
         let chosen = {
             let store = e.store.lock().unwrap();
@@ -1256,7 +1369,11 @@ async fn by_name(
             match &g.download {
                 Some((bid, prefix)) => {
                     if *bid != chosen.bucket_id || !chosen.name.starts_with(prefix.as_str()) {
-                        return Err(err(401, "unauthorized", "the download authorization does not cover this file"));
+                        return Err(err(
+                            401,
+                            "unauthorized",
+                            "the download authorization does not cover this file",
+                        ));
                     }
                 }
                 None => {
@@ -1343,7 +1460,11 @@ fn serve_download(
 ) -> Result<impl Future<Output = Response> + use<>, ApiErr> {
     let o = e.opts();
     if o.cap_exceeded.as_deref() == Some("download_cap_exceeded") {
-        return Err(err(403, "download_cap_exceeded", "Cannot download file, download bandwidth or transaction (Class B) cap exceeded."));
+        return Err(err(
+            403,
+            "download_cap_exceeded",
+            "Cannot download file, download bandwidth or transaction (Class B) cap exceeded.",
+        ));
     }
     if o.cap_exceeded.as_deref() == Some("transaction_cap_exceeded") {
         return Err(err(403, "transaction_cap_exceeded", "Transaction cap exceeded."));
@@ -1355,7 +1476,11 @@ fn serve_download(
             h("x-bz-server-side-encryption-customer-algorithm"),
             h("x-bz-server-side-encryption-customer-key"),
         ) else {
-            return Err(err(400, "bad_request", "The object was stored using SSE-C; the key must be provided"));
+            return Err(err(
+                400,
+                "bad_request",
+                "The object was stored using SSE-C; the key must be provided",
+            ));
         };
         let md5 = key_md5(key);
         let stated = h("x-bz-server-side-encryption-customer-key-md5");
@@ -1363,7 +1488,11 @@ fn serve_download(
             return Err(err(400, "bad_request", "invalid SSE-C headers"));
         }
         if md5.as_deref() != Some(want_md5.as_str()) {
-            return Err(err(403, "access_denied", "The provided customer-managed encryption key is wrong."));
+            return Err(err(
+                403,
+                "access_denied",
+                "The provided customer-managed encryption key is wrong.",
+            ));
         }
     }
     let size = v.data.len();
@@ -1372,7 +1501,11 @@ fn serve_download(
         RangeAsk::Whole => (StatusCode::OK, 0, size),
         RangeAsk::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
         RangeAsk::Unsatisfiable => {
-            return Err(err(416, "range_not_satisfiable", format!("The range is not satisfiable for a file of {size} bytes")));
+            return Err(err(
+                416,
+                "range_not_satisfiable",
+                format!("The range is not satisfiable for a file of {size} bytes"),
+            ));
         }
     };
     let mut r = Response::builder()
@@ -1384,12 +1517,18 @@ fn serve_download(
         .header("x-bz-upload-timestamp", v.upload_ts.to_string());
     let large = o.large_file_threshold.is_some_and(|t| size >= t);
     let sha = wire_sha1(&o, &v.sha1);
-    r = r.header("x-bz-content-sha1", if large { "none".to_string() } else { sha.clone() });
+    r = r.header(
+        "x-bz-content-sha1",
+        if large { "none".to_string() } else { sha.clone() },
+    );
     if large && o.large_file_sha1 {
         r = r.header("x-bz-info-large_file_sha1", sha);
     }
     if status == StatusCode::PARTIAL_CONTENT {
-        r = r.header(header::CONTENT_RANGE, format!("bytes {}-{}/{size}", start, start + len - 1));
+        r = r.header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{size}", start, start + len - 1),
+        );
     }
     let mut content_type = v.content_type.clone();
     for (k, val) in &v.info {
@@ -1403,14 +1542,22 @@ fn serve_download(
     for (_, std_header, param) in INFO_HEADERS {
         if let Some(val) = params.get(*param) {
             if !has_token {
-                return Err(err(401, "unauthorized", format!("{param} requires an authorization token")));
+                return Err(err(
+                    401,
+                    "unauthorized",
+                    format!("{param} requires an authorization token"),
+                ));
             }
             r = r.header(*std_header, val);
         }
     }
     if let Some(ct) = params.get("b2ContentType") {
         if !has_token {
-            return Err(err(401, "unauthorized", "b2ContentType requires an authorization token"));
+            return Err(err(
+                401,
+                "unauthorized",
+                "b2ContentType requires an authorization token",
+            ));
         }
         content_type = ct.clone();
     }
@@ -1463,7 +1610,9 @@ pub async fn demo(dir: &Path) -> std::io::Result<(Server, crate::config::SourceC
     )?;
     std::fs::write(bucket.join("docs/removed.txt"), b"hidden by a hide marker\n")?;
     std::fs::write(bucket.join("docs/removed.txt.b2hidden"), b"")?;
-    let data: Vec<u8> = (0..(3u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let data: Vec<u8> = (0..(3u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     std::fs::write(bucket.join("data/random.bin"), data)?;
     let emu = router(&root, B2EmuOptions::default());
     let server = super::serve(emu.router, 0, emu.harness).await?;

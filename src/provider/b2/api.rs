@@ -179,7 +179,10 @@ impl FileVersion {
 
     /// The whole-file SHA-1: `contentSha1` unless `none`, else `large_file_sha1`.
     pub fn sha1(&self) -> Option<Checksum> {
-        resolve_sha1(self.content_sha1.as_deref(), self.info_value("large_file_sha1").as_deref())
+        resolve_sha1(
+            self.content_sha1.as_deref(),
+            self.info_value("large_file_sha1").as_deref(),
+        )
     }
 
     /// `SSE-C`, `SSE-B2`, or `None`.
@@ -280,7 +283,9 @@ pub fn map_error(what: &str, status: StatusCode, body: Option<&ErrorBody>) -> So
     let message = format!("{what}: {reason}");
     match (status.as_u16(), code) {
         (403, "download_cap_exceeded" | "transaction_cap_exceeded" | "storage_cap_exceeded") => {
-            SourceError::QuotaExceeded(format!("{message} (raise the cap under Caps & Alerts in the B2 web console)"))
+            SourceError::QuotaExceeded(format!(
+                "{message} (raise the cap under Caps & Alerts in the B2 web console)"
+            ))
         }
         (401 | 403, _) => SourceError::PermissionDenied(message),
         (400, "bad_bucket_id") | (404, _) => SourceError::NotFound(message),
@@ -294,7 +299,9 @@ pub fn map_error(what: &str, status: StatusCode, body: Option<&ErrorBody>) -> So
 /// byte, everything else literal. Invalid UTF-8 is replaced rather than refused.
 pub fn decode_header_value(s: &str) -> String {
     let plus = s.replace('+', " ");
-    percent_encoding::percent_decode_str(&plus).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(&plus)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// A header as a string, or `None`.
@@ -456,12 +463,18 @@ mod tests {
         assert!(matches!(m(401, "unauthorized"), SourceError::PermissionDenied(_)));
         assert!(matches!(m(403, "access_denied"), SourceError::PermissionDenied(_)));
         assert!(matches!(m(403, "download_cap_exceeded"), SourceError::QuotaExceeded(_)));
-        assert!(matches!(m(403, "transaction_cap_exceeded"), SourceError::QuotaExceeded(_)));
+        assert!(matches!(
+            m(403, "transaction_cap_exceeded"),
+            SourceError::QuotaExceeded(_)
+        ));
         assert!(matches!(m(404, "not_found"), SourceError::NotFound(_)));
         assert!(matches!(m(400, "bad_bucket_id"), SourceError::NotFound(_)));
         assert!(matches!(m(400, "bad_request"), SourceError::Invalid(_)));
         assert!(matches!(m(416, "range_not_satisfiable"), SourceError::Changed(_)));
-        assert!(matches!(m(503, "service_unavailable"), SourceError::Http { status: 503, .. }));
+        assert!(matches!(
+            m(503, "service_unavailable"),
+            SourceError::Http { status: 503, .. }
+        ));
         assert!(is_reauth(StatusCode::UNAUTHORIZED, Some(&e("expired_auth_token"))));
         assert!(is_reauth(StatusCode::UNAUTHORIZED, Some(&e("bad_auth_token"))));
         assert!(is_reauth(StatusCode::UNAUTHORIZED, None));

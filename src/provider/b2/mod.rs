@@ -115,7 +115,9 @@ impl B2Config {
             None => (rest, None),
         };
         if bucket.is_empty() {
-            return Err(ConfigError::new(format!("'{url}' names no bucket (b2://BUCKET[/PREFIX])")));
+            return Err(ConfigError::new(format!(
+                "'{url}' names no bucket (b2://BUCKET[/PREFIX])"
+            )));
         }
         Ok(B2Config {
             name: name.to_string(),
@@ -238,9 +240,7 @@ impl B2Source {
         let realm = Url::parse(endpoint)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-            .ok_or_else(|| {
-                ConfigError::new(format!("source '{name}': endpoint '{endpoint}' is not an http(s) URL"))
-            })?;
+            .ok_or_else(|| ConfigError::new(format!("source '{name}': endpoint '{endpoint}' is not an http(s) URL")))?;
         let key_id = resolve_secret(
             name,
             "key_id",
@@ -324,8 +324,7 @@ impl Inner {
         let resp = self
             .http
             .send(what, |c| {
-                c.get(url.clone())
-                    .basic_auth(&self.key_id, Some(&self.application_key))
+                c.get(url.clone()).basic_auth(&self.key_id, Some(&self.application_key))
             })
             .await?;
         count_request();
@@ -449,11 +448,7 @@ impl Inner {
         let mut out = Vec::new();
         let mut start = (!prefix.is_empty()).then(|| prefix.to_string());
         loop {
-            let mut q = vec![
-                ("bucketId", bucket_id),
-                ("delimiter", "/"),
-                ("maxFileCount", PAGE_SIZE),
-            ];
+            let mut q = vec![("bucketId", bucket_id), ("delimiter", "/"), ("maxFileCount", PAGE_SIZE)];
             if !prefix.is_empty() {
                 q.push(("prefix", prefix));
             }
@@ -567,7 +562,11 @@ fn file_entry(name: &str, remote: String, f: &api::FileVersion) -> Entry {
     if let Some(id) = &f.file_id {
         e = e.with_xattr("user.b2.file_id", id.as_bytes());
     }
-    let sha1 = e.checksum.as_ref().map(|c| c.display()).or_else(|| f.content_sha1.clone());
+    let sha1 = e
+        .checksum
+        .as_ref()
+        .map(|c| c.display())
+        .or_else(|| f.content_sha1.clone());
     if let Some(s) = sha1 {
         e = e.with_xattr("user.b2.content_sha1", s.into_bytes());
     }
@@ -717,7 +716,10 @@ impl Source for B2Source {
                     })
                     .collect())
             }
-            _ => Err(SourceError::NotADirectory(format!("{} is not a B2 directory", dir.name))),
+            _ => Err(SourceError::NotADirectory(format!(
+                "{} is not a B2 directory",
+                dir.name
+            ))),
         }
     }
 
@@ -885,7 +887,10 @@ mod tests {
     #[test]
     fn versions_view_is_added_unless_a_real_entry_has_its_name() {
         let es = entries_from_listing("B", "", &[f("upload", "x", Some("1"))], true);
-        assert!(es.iter().any(|e| e.name == VERSIONS_NAME && e.remote == "b2:versions\tB\t"));
+        assert!(
+            es.iter()
+                .any(|e| e.name == VERSIONS_NAME && e.remote == "b2:versions\tB\t")
+        );
         let es = entries_from_listing("B", "", &[f("folder", ".versions/", None)], true);
         assert_eq!(es.len(), 1);
         assert_eq!(es[0].remote, "b2:dir\tB\t.versions/");
