@@ -1140,3 +1140,125 @@ fn quick_form_and_credentials_resolve_or_name_the_missing_key() {
     assert!(e.0.contains("application_key_file"), "{e}");
     assert!(fetchfs::config::ConfigFile::parse("[[source]]\nname='b'\ntype='b2'\nbuckt='x'\n").is_err());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_reads_after_expiry_share_one_renewal() {
+    let data = pattern(1 << 20);
+    let env = start_with(B2EmuOptions::default(), |c| {
+        c.upload("b", "f.bin", data.clone());
+    })
+    .await;
+    let src = env.source(Some("b"));
+    let o = open(&*src, "f.bin").await;
+    read_all(&*o.reader, 0..1).await.unwrap();
+    env.control.expire_tokens();
+    let reader = o.reader.clone();
+    let tasks: Vec<_> = (0..16u64)
+        .map(|i| {
+            let reader = reader.clone();
+            tokio::spawn(async move { read_all(&*reader, i * 65536..(i + 1) * 65536).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.extend_from_slice(&t.await.unwrap().unwrap());
+    }
+    assert!(out == data);
+    assert_eq!(env.stats("b2_authorize_account"), 2, "sixteen 401s, one renewal");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn side_files_in_the_tree_add_versions_hidden_names_and_sse_c() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("bkt");
+    std::fs::create_dir_all(b.join("sub")).unwrap();
+    std::fs::write(b.join("v.txt.b2v1"), "one").unwrap();
+    std::fs::write(b.join("v.txt.b2v2"), "two").unwrap();
+    std::fs::write(b.join("v.txt"), "three").unwrap();
+    std::fs::write(b.join("sub/big.b2start"), "").unwrap();
+    std::fs::write(b.join("sub/gone"), "x").unwrap();
+    std::fs::write(b.join("sub/gone.b2hidden"), "").unwrap();
+    std::fs::write(b.join("enc.txt"), "secret").unwrap();
+    let key = base64::engine::general_purpose::STANDARD.encode([1u8; 32]);
+    std::fs::write(b.join("enc.txt.b2ssec"), &key).unwrap();
+    std::fs::write(dir.path().join("not-a-bucket.txt"), "ignored").unwrap();
+    let emu = fetchfs::emulate::b2::router(dir.path(), B2EmuOptions::default());
+    let server = serve(emu.router, 0, emu.harness).await.unwrap();
+    let keyfile = dir.path().join("key");
+    std::fs::write(&keyfile, &key).unwrap();
+    let cfg = B2Config {
+        name: "t".into(),
+        endpoint: Some(server.base_url()),
+        key_id: Some(KEY_ID.into()),
+        key_id_file: None,
+        application_key: Some(KEY.into()),
+        application_key_file: None,
+        bucket: None,
+        prefix: None,
+        sse_c_key_file: Some(keyfile),
+        versions: true,
+    };
+    let src = source_of(&cfg);
+    assert_eq!(names(&src.list(&src.root().await.unwrap()).await.unwrap()), ["bkt"]);
+    let bkt = find(&*src, "bkt").await.unwrap();
+    assert_eq!(
+        names(&src.list(&bkt).await.unwrap()),
+        [".versions", "enc.txt", "sub", "v.txt"]
+    );
+    // sub/ holds an unfinished large file (listed as `start`, skipped) and a hidden name.
+    let sub = find(&*src, "bkt/sub").await.unwrap();
+    assert_eq!(names(&src.list(&sub).await.unwrap()), [".versions"]);
+    let sv = find(&*src, "bkt/sub/.versions").await.unwrap();
+    assert_eq!(names(&src.list(&sv).await.unwrap()), ["big", "gone"]);
+    let v = find(&*src, "bkt/.versions/v.txt").await.unwrap();
+    let mut contents = Vec::new();
+    for e in src.list(&v).await.unwrap() {
+        let o = src.open(&e, &req()).await.unwrap();
+        contents.push(String::from_utf8(read_all(&*o.reader, 0..e.size).await.unwrap().to_vec()).unwrap());
+    }
+    contents.sort();
+    assert_eq!(contents, ["one", "three", "two"]);
+    let o = open(&*src, "bkt/enc.txt").await;
+    assert_eq!(&read_all(&*o.reader, 0..6).await.unwrap()[..], b"secret");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn emulator_switches_and_bad_json_over_http() {
+    let env = standard().await;
+    let base = env.server.base_url();
+    let http = reqwest::Client::new();
+    let t = env.token().await["authorizationToken"].as_str().unwrap().to_string();
+    let r = http
+        .post(format!("{base}/b2api/v4/b2_list_file_names"))
+        .header("authorization", &t)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["code"], "bad_json");
+    let r = http
+        .post(format!("{base}/__fetchfs/b2"))
+        .json(&serde_json::json!({"expire_tokens": true, "api_shape": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = http
+        .get(format!("{base}/b2api/v4/b2_list_buckets"))
+        .header("authorization", &t)
+        .query(&[("accountId", "emu-account")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["code"],
+        "expired_auth_token"
+    );
+    assert!(
+        env.token().await["apiUrl"].is_string(),
+        "v1 shape forced on the v4 path"
+    );
+    assert_eq!(env.control.options().api_shape, Some(1));
+}

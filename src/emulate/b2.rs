@@ -909,10 +909,10 @@ impl Emu {
             } else {
                 "allPrivate"
             };
-            if let Some(t) = &types {
-                if !t.iter().any(|t| t == "all" || t == btype) {
-                    continue;
-                }
+            if let Some(t) = &types
+                && !t.iter().any(|t| t == "all" || t == btype)
+            {
+                continue;
             }
             g.bucket(&b.name)?;
             out.push(json!({
@@ -1018,34 +1018,31 @@ impl Emu {
         let mut cursor = Bound::Included(from);
         let mut out = Vec::new();
         let mut next: Option<(String, Option<String>)> = None;
-        'scan: loop {
-            let Some((name, vers)) = b.files.range::<String, _>((cursor.clone(), Bound::Unbounded)).next() else {
-                break;
-            };
+        'scan: while let Some((name, vers)) = b.files.range::<String, _>((cursor.clone(), Bound::Unbounded)).next() {
             if !name.starts_with(&prefix) {
                 break;
             }
             let rest = &name[prefix.len()..];
-            if let Some(d) = &delimiter {
-                if let Some(i) = rest.find(d.as_str()) {
-                    let folder = &name[..prefix.len() + i + d.len()];
-                    if out.len() == max {
-                        next = Some((folder.to_string(), None));
-                        break;
-                    }
-                    let visible = versions || vers.first().is_some_and(|v| v.action != "hide") || {
-                        // A folder shows only if some name under it is visible.
-                        b.files
-                            .range::<str, _>((Bound::Included(folder), Bound::Unbounded))
-                            .take_while(|(n, _)| n.starts_with(folder))
-                            .any(|(_, vs)| vs.first().is_some_and(|v| v.action != "hide"))
-                    };
-                    if visible && start_name.as_deref().is_none_or(|s| folder >= s) {
-                        out.push(self.folder_json(&o, shape, b, folder));
-                    }
-                    cursor = Bound::Included(past_prefix(folder));
-                    continue;
+            if let Some(d) = &delimiter
+                && let Some(i) = rest.find(d.as_str())
+            {
+                let folder = &name[..prefix.len() + i + d.len()];
+                if out.len() == max {
+                    next = Some((folder.to_string(), None));
+                    break;
                 }
+                let visible = versions || vers.first().is_some_and(|v| v.action != "hide") || {
+                    // A folder shows only if some name under it is visible.
+                    b.files
+                        .range::<str, _>((Bound::Included(folder), Bound::Unbounded))
+                        .take_while(|(n, _)| n.starts_with(folder))
+                        .any(|(_, vs)| vs.first().is_some_and(|v| v.action != "hide"))
+                };
+                if visible && start_name.as_deref().is_none_or(|s| folder >= s) {
+                    out.push(self.folder_json(&o, shape, b, folder));
+                }
+                cursor = Bound::Included(past_prefix(folder));
+                continue;
             }
             if versions {
                 let skip_to = match (&start_name, &start_id) {

@@ -313,10 +313,10 @@ pub fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 pub fn version_from_headers(h: &HeaderMap) -> FileVersion {
     let mut info = BTreeMap::new();
     for (k, v) in h {
-        if let Some(key) = k.as_str().strip_prefix("x-bz-info-") {
-            if let Ok(v) = v.to_str() {
-                info.insert(key.to_string(), serde_json::Value::String(decode_header_value(v)));
-            }
+        if let Some(key) = k.as_str().strip_prefix("x-bz-info-")
+            && let Ok(v) = v.to_str()
+        {
+            info.insert(key.to_string(), serde_json::Value::String(decode_header_value(v)));
         }
     }
     FileVersion {

@@ -265,12 +265,12 @@ impl B2Source {
                 "source '{name}': application_key is not set (give application_key, application_key_file or B2_APPLICATION_KEY)"
             ))
         })?;
-        if let Some(b) = &cfg.bucket {
-            if b.is_empty() || b.contains('/') {
-                return Err(ConfigError::new(format!(
-                    "source '{name}': bucket = '{b}' is not a bucket name"
-                )));
-            }
+        if let Some(b) = &cfg.bucket
+            && (b.is_empty() || b.contains('/'))
+        {
+            return Err(ConfigError::new(format!(
+                "source '{name}': bucket = '{b}' is not a bucket name"
+            )));
         }
         let prefix = match cfg.prefix.as_deref().map(|p| p.trim_matches('/')) {
             None | Some("") => String::new(),
@@ -814,15 +814,14 @@ impl FileReader for B2Reader {
             let (status, body) = api::read_error(resp).await;
             return Err(api::map_error(&what, status, body.as_ref()));
         }
-        if status.is_success() {
-            if let Some(id) = api::header(resp.headers(), "x-bz-file-id") {
-                if id != self.file_id {
-                    return Err(SourceError::Protocol(format!(
-                        "{what}: the server sent fileId {id}, not the pinned {}",
-                        self.file_id
-                    )));
-                }
-            }
+        if status.is_success()
+            && let Some(id) = api::header(resp.headers(), "x-bz-file-id")
+            && id != self.file_id
+        {
+            return Err(SourceError::Protocol(format!(
+                "{what}: the server sent fileId {id}, not the pinned {}",
+                self.file_id
+            )));
         }
         let plan = range::plan(status, resp.headers(), &r, Some(self.size))?;
         let body = inner.http.body_stream(resp, &what);
