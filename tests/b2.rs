@@ -48,17 +48,9 @@ impl Env {
     fn source(&self, bucket: Option<&str>) -> Arc<dyn Source> {
         source_of(&self.cfg(bucket))
     }
-    /// An authorized token for raw requests.
+    /// An authorization answer (v4) for raw requests.
     async fn token(&self) -> serde_json::Value {
-        reqwest::Client::new()
-            .get(format!("{}/b2api/v4/b2_authorize_account", self.server.base_url()))
-            .basic_auth(KEY_ID, Some(KEY))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        json(Raw::new(self, None).authorize("v4", KEY_ID, KEY).await).await
     }
 }
 
@@ -151,6 +143,63 @@ fn xattr(e: &Entry, k: &str) -> Option<String> {
         .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
 }
 
+/// Raw HTTP to the emulator, for checklist items the source never exercises.
+struct Raw {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Raw {
+    fn new(env: &Env, token: Option<&str>) -> Raw {
+        Raw {
+            base: env.server.base_url(),
+            token: token.map(str::to_string),
+            http: reqwest::Client::new(),
+        }
+    }
+    fn with_token(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => rb.header("authorization", t),
+            None => rb,
+        }
+    }
+    async fn get(&self, path: &str, query: &[(&str, &str)]) -> reqwest::Response {
+        self.get_with(path, query, &[]).await
+    }
+    async fn get_with(&self, path: &str, query: &[(&str, &str)], headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut rb = self.http.get(format!("{}{path}", self.base)).query(query);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        self.with_token(rb).send().await.unwrap()
+    }
+    async fn head(&self, path: &str, query: &[(&str, &str)]) -> reqwest::Response {
+        let rb = self.http.head(format!("{}{path}", self.base)).query(query);
+        self.with_token(rb).send().await.unwrap()
+    }
+    async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        let rb = self.http.post(format!("{}{path}", self.base)).json(&body);
+        self.with_token(rb).send().await.unwrap()
+    }
+    async fn post_raw(&self, path: &str, body: &'static str) -> reqwest::Response {
+        let rb = self.http.post(format!("{}{path}", self.base)).body(body);
+        self.with_token(rb).send().await.unwrap()
+    }
+    async fn authorize(&self, version: &str, key_id: &str, key: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}/b2api/{version}/b2_authorize_account", self.base))
+            .basic_auth(key_id, Some(key))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+async fn json(r: reqwest::Response) -> serde_json::Value {
+    r.json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn buckets_folders_and_files_are_listed_with_b2_metadata() {
     let env = standard().await;
@@ -240,17 +289,16 @@ async fn every_range_row_reads_exactly_the_requested_bytes() {
 async fn emulator_answers_the_range_table_of_section_1_6() {
     let env = standard().await;
     let tok = env.token().await;
-    let t = tok["authorizationToken"].as_str().unwrap().to_string();
-    let list: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/b2api/v2/b2_list_file_names", env.server.base_url()))
-        .query(&[("bucketId", env.control.bucket_id("photos").as_str()), ("prefix", "")])
-        .header("authorization", &t)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api = Raw::new(&env, tok["authorizationToken"].as_str());
+    let bucket_id = env.control.bucket_id("photos");
+    let list = json(
+        api.get(
+            "/b2api/v2/b2_list_file_names",
+            &[("bucketId", bucket_id.as_str()), ("prefix", "")],
+        )
+        .await,
+    )
+    .await;
     let id_of = |name: &str| {
         list["files"]
             .as_array()
@@ -264,17 +312,12 @@ async fn emulator_answers_the_range_table_of_section_1_6() {
     };
     let (a, empty) = (id_of("a.txt"), id_of("empty"));
     let get = |id: String, range: Option<&'static str>| {
-        let url = format!("{}/b2api/v3/b2_download_file_by_id", env.server.base_url());
-        let t = t.clone();
+        let api = &api;
         async move {
-            let mut rb = reqwest::Client::new()
-                .get(url)
-                .query(&[("fileId", id)])
-                .header("authorization", t);
-            if let Some(r) = range {
-                rb = rb.header("range", r);
-            }
-            let r = rb.send().await.unwrap();
+            let headers: Vec<(&str, &str)> = range.map(|r| ("range", r)).into_iter().collect();
+            let r = api
+                .get_with("/b2api/v3/b2_download_file_by_id", &[("fileId", id.as_str())], &headers)
+                .await;
             let cr = r
                 .headers()
                 .get("content-range")
@@ -786,13 +829,8 @@ async fn unusual_names_and_info_values_survive_percent_encoding() {
     assert_eq!(fresh.entry.mtime, e.mtime);
     assert_eq!(&read_all(&*fresh.reader, 0..3).await.unwrap()[..], b"odd");
     // By name, the path is %XX-encoded.
-    let t = env.token().await;
-    let r = reqwest::Client::new()
-        .get(format!("{}/file/b/d%C3%ADr/a%20b%2Bc%2520d.txt", env.server.base_url()))
-        .header("authorization", t["authorizationToken"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let api = Raw::new(&env, env.token().await["authorizationToken"].as_str());
+    let r = api.get("/file/b/d%C3%ADr/a%20b%2Bc%2520d.txt", &[]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.headers()["x-bz-file-name"].to_str().unwrap(),
@@ -871,52 +909,37 @@ async fn emulator_serves_the_rest_of_the_checklist() {
         c.upload("priv", "docs/x.txt", &b"private v2"[..]);
     })
     .await;
-    let base = env.server.base_url();
-    let http = reqwest::Client::new();
     let auth = env.token().await;
     let t = auth["authorizationToken"].as_str().unwrap().to_string();
     assert!(auth["apiInfo"]["storageApi"]["allowed"]["buckets"].is_null());
     let priv_id = env.control.bucket_id("priv");
+    let anon = Raw::new(&env, None);
+    let api = Raw::new(&env, Some(&t));
 
     // Public bucket: no token needed; private: 401.
-    let r = http.get(format!("{base}/file/pub/open.txt")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let r = http.get(format!("{base}/file/priv/docs/y.txt")).send().await.unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(anon.get("/file/pub/open.txt", &[]).await.status(), 200);
+    assert_eq!(anon.get("/file/priv/docs/y.txt", &[]).await.status(), 401);
     // ?Authorization= on by-name, with a download authorization scoped to docs/.
-    let da: serde_json::Value = http
-        .post(format!("{base}/b2api/v4/b2_get_download_authorization"))
-        .header("authorization", &t)
-        .json(&serde_json::json!({"bucketId": priv_id, "fileNamePrefix": "docs/", "validDurationInSeconds": 60}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let da = json(
+        api.post(
+            "/b2api/v4/b2_get_download_authorization",
+            serde_json::json!({"bucketId": priv_id, "fileNamePrefix": "docs/", "validDurationInSeconds": 60}),
+        )
+        .await,
+    )
+    .await;
     let dt = da["authorizationToken"].as_str().unwrap();
-    let r = http
-        .get(format!("{base}/file/priv/docs/y.txt"))
-        .query(&[("Authorization", dt)])
-        .send()
-        .await
-        .unwrap();
+    let r = anon.get("/file/priv/docs/y.txt", &[("Authorization", dt)]).await;
     assert_eq!(r.text().await.unwrap(), "why");
-    let r = http
-        .get(format!("{base}/file/priv/other/z.txt"))
-        .query(&[("Authorization", dt)])
-        .send()
-        .await
-        .unwrap();
+    let r = anon.get("/file/priv/other/z.txt", &[("Authorization", dt)]).await;
     assert_eq!(r.status(), 401);
     // Response-header overrides and b2-* info keys as standard headers.
-    let r = http
-        .get(format!("{base}/file/priv/docs/x.txt"))
-        .query(&[("b2ContentType", "text/x-test"), ("b2CacheControl", "max-age=5")])
-        .header("authorization", &t)
-        .send()
-        .await
-        .unwrap();
+    let r = api
+        .get(
+            "/file/priv/docs/x.txt",
+            &[("b2ContentType", "text/x-test"), ("b2CacheControl", "max-age=5")],
+        )
+        .await;
     assert_eq!(r.headers()["content-type"], "text/x-test");
     assert_eq!(r.headers()["cache-control"], "max-age=5");
     assert!(
@@ -925,149 +948,81 @@ async fn emulator_serves_the_rest_of_the_checklist() {
     );
     assert_eq!(r.text().await.unwrap(), "private v2");
     // POST with a JSON body; list_file_versions pages with nextFileId.
-    let page: serde_json::Value = http
-        .post(format!("{base}/b2api/v2/b2_list_file_versions"))
-        .header("authorization", &t)
-        .json(&serde_json::json!({"bucketId": priv_id, "maxFileCount": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = json(
+        api.post(
+            "/b2api/v2/b2_list_file_versions",
+            serde_json::json!({"bucketId": priv_id, "maxFileCount": 1}),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(page["files"][0]["fileName"], "docs/x.txt");
     assert_eq!(page["nextFileName"], "docs/x.txt");
-    let second: serde_json::Value = http
-        .get(format!("{base}/b2api/v2/b2_list_file_versions"))
-        .header("authorization", &t)
-        .query(&[
-            ("bucketId", priv_id.as_str()),
-            ("maxFileCount", "10"),
-            ("startFileName", "docs/x.txt"),
-            ("startFileId", page["nextFileId"].as_str().unwrap()),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let query = [
+        ("bucketId", priv_id.as_str()),
+        ("maxFileCount", "10"),
+        ("startFileName", "docs/x.txt"),
+        ("startFileId", page["nextFileId"].as_str().unwrap()),
+    ];
+    let second = json(api.get("/b2api/v2/b2_list_file_versions", &query).await).await;
     assert_eq!(second["files"].as_array().unwrap().len(), 3);
     assert_ne!(second["files"][0]["fileId"], page["files"][0]["fileId"]);
     let old_id = second["files"][0]["fileId"].as_str().unwrap();
-    // get_file_info, as GET and POST.
-    let info: serde_json::Value = http
-        .post(format!("{base}/b2api/v3/b2_get_file_info"))
-        .header("authorization", &t)
-        .json(&serde_json::json!({"fileId": old_id}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // get_file_info as POST.
+    let info = json(
+        api.post("/b2api/v3/b2_get_file_info", serde_json::json!({"fileId": old_id}))
+            .await,
+    )
+    .await;
     assert_eq!(info["contentLength"], 7);
     assert_eq!(info["fileInfo"]["b2-content-disposition"], "attachment");
     // Download by id: POST with JSON, HEAD, and an old version pinned by id.
-    let r = http
-        .post(format!("{base}/b2api/v4/b2_download_file_by_id"))
-        .header("authorization", &t)
-        .json(&serde_json::json!({"fileId": old_id}))
-        .send()
-        .await
-        .unwrap();
+    let by_id = "/b2api/v4/b2_download_file_by_id";
+    let r = api.post(by_id, serde_json::json!({"fileId": old_id})).await;
     assert_eq!(r.headers()["content-disposition"], "attachment");
     assert_eq!(r.text().await.unwrap(), "private");
-    let r = http
-        .head(format!("{base}/b2api/v4/b2_download_file_by_id"))
-        .query(&[("fileId", old_id)])
-        .header("authorization", &t)
-        .send()
-        .await
-        .unwrap();
+    let r = api.head(by_id, &[("fileId", old_id)]).await;
     assert_eq!(r.headers()["content-length"], "7");
     // Errors are JSON, HEAD errors are empty.
-    let r = http
-        .head(format!("{base}/b2api/v4/b2_download_file_by_id"))
-        .query(&[("fileId", "nope")])
-        .header("authorization", &t)
-        .send()
-        .await
-        .unwrap();
+    let r = api.head(by_id, &[("fileId", "nope")]).await;
     assert_eq!(r.status(), 404);
     assert!(r.bytes().await.unwrap().is_empty());
-    let r = http
-        .get(format!("{base}/b2api/v4/b2_list_file_names"))
-        .header("authorization", &t)
-        .query(&[("bucketId", priv_id.as_str()), ("maxFileCount", "10001")])
-        .send()
-        .await
-        .unwrap();
+    let list = "/b2api/v4/b2_list_file_names";
+    let r = api
+        .get(list, &[("bucketId", priv_id.as_str()), ("maxFileCount", "10001")])
+        .await;
     assert_eq!(r.status(), 400);
-    let v: serde_json::Value = r.json().await.unwrap();
+    let v = json(r).await;
     assert_eq!(
         (v["status"].as_u64(), v["code"].as_str()),
         (Some(400), Some("bad_request"))
     );
-    let r = http
-        .get(format!("{base}/b2api/v4/b2_list_file_names"))
-        .header("authorization", "garbage")
-        .query(&[("bucketId", priv_id.as_str())])
-        .send()
-        .await
-        .unwrap();
-    let v: serde_json::Value = r.json().await.unwrap();
+    let garbage = Raw::new(&env, Some("garbage"));
+    let v = json(garbage.get(list, &[("bucketId", priv_id.as_str())]).await).await;
     assert_eq!(v["code"], "bad_auth_token");
     // Restricted key: listing all buckets is 401, naming its bucket works.
-    let ra: serde_json::Value = http
-        .get(format!("{base}/b2api/v4/b2_authorize_account"))
-        .basic_auth("r-id", Some("r-key"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let rt = ra["authorizationToken"].as_str().unwrap();
+    let ra = json(anon.authorize("v4", "r-id", "r-key").await).await;
     assert_eq!(ra["apiInfo"]["storageApi"]["allowed"]["buckets"][0]["name"], "priv");
-    let lb = |q: Vec<(&'static str, String)>| {
-        http.get(format!("{base}/b2api/v4/b2_list_buckets"))
-            .header("authorization", rt)
-            .query(&q)
-            .send()
-    };
-    assert_eq!(
-        lb(vec![("accountId", "emu-account".into())]).await.unwrap().status(),
-        401
-    );
-    let ok: serde_json::Value = lb(vec![("accountId", "emu-account".into()), ("bucketName", "priv".into())])
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let restricted = Raw::new(&env, ra["authorizationToken"].as_str());
+    let lb = "/b2api/v4/b2_list_buckets";
+    assert_eq!(restricted.get(lb, &[("accountId", "emu-account")]).await.status(), 401);
+    let ok = json(
+        restricted
+            .get(lb, &[("accountId", "emu-account"), ("bucketName", "priv")])
+            .await,
+    )
+    .await;
     assert_eq!(ok["buckets"][0]["bucketId"], priv_id.as_str());
     // v1 authorization is flat; v1 listings say `size`.
-    let v1: serde_json::Value = http
-        .get(format!("{base}/b2api/v1/b2_authorize_account"))
-        .basic_auth(KEY_ID, Some(KEY))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v1 = json(anon.authorize("v1", KEY_ID, KEY).await).await;
     assert!(v1["apiUrl"].is_string() && v1["allowed"].is_object());
-    let l1: serde_json::Value = http
-        .get(format!("{base}/b2api/v1/b2_list_file_names"))
-        .header("authorization", v1["authorizationToken"].as_str().unwrap())
-        .query(&[("bucketId", priv_id.as_str())])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let old_api = Raw::new(&env, v1["authorizationToken"].as_str());
+    let l1 = json(
+        old_api
+            .get("/b2api/v1/b2_list_file_names", &[("bucketId", priv_id.as_str())])
+            .await,
+    )
+    .await;
     assert_eq!(l1["files"][0]["size"], 10);
     assert!(l1["files"][0].get("contentLength").is_none());
 }
@@ -1226,36 +1181,16 @@ async fn side_files_in_the_tree_add_versions_hidden_names_and_sse_c() {
 #[tokio::test(flavor = "multi_thread")]
 async fn emulator_switches_and_bad_json_over_http() {
     let env = standard().await;
-    let base = env.server.base_url();
-    let http = reqwest::Client::new();
-    let t = env.token().await["authorizationToken"].as_str().unwrap().to_string();
-    let r = http
-        .post(format!("{base}/b2api/v4/b2_list_file_names"))
-        .header("authorization", &t)
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let api = Raw::new(&env, env.token().await["authorizationToken"].as_str());
+    let r = api.post_raw("/b2api/v4/b2_list_file_names", "{not json").await;
     assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["code"], "bad_json");
-    let r = http
-        .post(format!("{base}/__fetchfs/b2"))
-        .json(&serde_json::json!({"expire_tokens": true, "api_shape": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-    let r = http
-        .get(format!("{base}/b2api/v4/b2_list_buckets"))
-        .header("authorization", &t)
-        .query(&[("accountId", "emu-account")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.json::<serde_json::Value>().await.unwrap()["code"],
-        "expired_auth_token"
-    );
+    assert_eq!(json(r).await["code"], "bad_json");
+    let switches = serde_json::json!({"expire_tokens": true, "api_shape": 1});
+    assert_eq!(api.post("/__fetchfs/b2", switches).await.status(), 204);
+    let r = api
+        .get("/b2api/v4/b2_list_buckets", &[("accountId", "emu-account")])
+        .await;
+    assert_eq!(json(r).await["code"], "expired_auth_token");
     assert!(
         env.token().await["apiUrl"].is_string(),
         "v1 shape forced on the v4 path"
