@@ -189,7 +189,7 @@ pub struct EmuArgs {
     /// Large files carry fileInfo.large_file_sha1.
     #[arg(long)]
     pub large_file_sha1: bool,
-    /// Send SHA-1 values as "unverified:<hex>".
+    /// Send SHA-1 values as `unverified:HEX`.
     #[arg(long)]
     pub unverified_sha1: bool,
     /// Send wrong SHA-1 values.

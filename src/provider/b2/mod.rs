@@ -19,6 +19,10 @@
 //!   A range covering the whole object is sent without `Range` (B2 would answer 200 anyway),
 //!   so a 0-byte file never gets a Range (B2 answers 416 to any). 200/206/416 go through
 //!   [`range::plan`]. SSE-C headers are sent for files the listing marks `SSE-C`.
+//!   Opening needs no request; a revalidating open (`OpenRequest::revalidate`) sends one
+//!   `HEAD` on the by-id URL, which confirms the pinned version still exists and refreshes its
+//!   metadata from the `X-Bz-*` headers. A newer upload of the same name has a new `fileId`
+//!   and so reaches the core through the next listing as a new validator.
 //! * **Integrity.** [`Entry::checksum`] is `contentSha1`, else `fileInfo.large_file_sha1`
 //!   (`unverified:` stripped); the core verifies sequential reads against it.
 //! * **Metadata.** `user.b2.file_id`, `content_sha1`, `content_type`, `upload_timestamp`,
@@ -26,7 +30,9 @@
 //! * **Versions** (`versions = true`). Every directory gets a `.versions/` directory (unless a
 //!   real entry has that name, which then wins) listing, from `b2_list_file_versions`, one
 //!   directory per file name — hidden names included — and in it one read-only file per
-//!   uploaded version, named `<upload time, RFC 3339 ms>~<8 hex of SHA-1(fileId)>`.
+//!   uploaded version, named `<upload time, RFC 3339 ms>~<8 hex of SHA-1(fileId)>`. Their
+//!   remote handle is `b2:version\t<fileId>`, so a revalidation never moves them to another
+//!   version (they share no cache entries with the current file of the same `fileId`).
 //! * **Retries.** 429 (honouring `Retry-After`), 5xx and transport errors are retried by
 //!   [`Http::send`]; B2 asks for a first wait of 1 s growing ×1.5, so the default backoff base
 //!   becomes 1 s unless the configuration changed it. Caps (`download_cap_exceeded`,
