@@ -156,6 +156,8 @@ pub struct ConfigFile {
 pub enum SourceConfig {
     Http(crate::provider::http::HttpConfig),
     B2(crate::provider::b2::B2Config),
+    Doris(crate::provider::doris::DorisConfig),
+    Huawei(crate::provider::huawei::HuaweiConfig),
 }
 
 impl SourceConfig {
@@ -163,12 +165,16 @@ impl SourceConfig {
         match self {
             SourceConfig::Http(c) => &c.name,
             SourceConfig::B2(c) => &c.name,
+            SourceConfig::Doris(c) => &c.name,
+            SourceConfig::Huawei(c) => &c.name,
         }
     }
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Http(_) => "http",
             SourceConfig::B2(_) => "b2",
+            SourceConfig::Doris(_) => "doris",
+            SourceConfig::Huawei(_) => "huawei",
         }
     }
     /// Whether the section holds a secret written inline (the file must then be private).
@@ -176,6 +182,8 @@ impl SourceConfig {
         match self {
             SourceConfig::Http(c) => c.has_inline_secret(),
             SourceConfig::B2(c) => c.has_inline_secret(),
+            SourceConfig::Doris(c) => c.has_inline_secret(),
+            SourceConfig::Huawei(c) => c.has_inline_secret(),
         }
     }
 }

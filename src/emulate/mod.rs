@@ -13,7 +13,9 @@
 //! * [`serve`]: binds, spawns, and returns a handle that stops the server when dropped.
 
 pub mod b2;
+pub mod doris;
 pub mod http;
+pub mod huawei;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

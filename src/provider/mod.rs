@@ -4,6 +4,8 @@
 //! |---|---|
 //! | [`http`] | any HTTP(S) server: HTML autoindex listings, Range GETs |
 //! | [`b2`] | Backblaze B2 native API: `b2_list_file_names`, `b2_download_file_by_id` |
+//! | [`doris`] | Apache Doris FE small-file manager: `SHOW FILE`, `/api/get_small_file` (whole files, MD5) |
+//! | [`huawei`] | Huawei Cloud HSS export files: IAM token, export tasks, `/v5/{project_id}/download` |
 //!
 //! A provider module exports its `[[source]]` config struct (serde, `deny_unknown_fields`,
 //! with a `name` field) and an async `build` that checks credentials-independent values and
@@ -13,7 +15,9 @@
 
 pub mod autoindex;
 pub mod b2;
+pub mod doris;
 pub mod http;
+pub mod huawei;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,6 +51,8 @@ pub async fn build(cfg: &SourceConfig, ctx: &BuildContext) -> Result<Arc<dyn Sou
     match cfg {
         SourceConfig::Http(c) => Ok(Arc::new(http::HttpSource::new(c, ctx)?)),
         SourceConfig::B2(c) => b2::build(c, ctx).await,
+        SourceConfig::Doris(c) => doris::build(c, ctx).await,
+        SourceConfig::Huawei(c) => huawei::build(c, ctx).await,
     }
 }
 
