@@ -155,6 +155,7 @@ pub struct ConfigFile {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceConfig {
     Http(crate::provider::http::HttpConfig),
+    B2(crate::provider::b2::B2Config),
     Doris(crate::provider::doris::DorisConfig),
     Huawei(crate::provider::huawei::HuaweiConfig),
 }
@@ -163,6 +164,7 @@ impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::Http(c) => &c.name,
+            SourceConfig::B2(c) => &c.name,
             SourceConfig::Doris(c) => &c.name,
             SourceConfig::Huawei(c) => &c.name,
         }
@@ -170,6 +172,7 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Http(_) => "http",
+            SourceConfig::B2(_) => "b2",
             SourceConfig::Doris(_) => "doris",
             SourceConfig::Huawei(_) => "huawei",
         }
@@ -178,6 +181,7 @@ impl SourceConfig {
     pub fn has_inline_secret(&self) -> bool {
         match self {
             SourceConfig::Http(c) => c.has_inline_secret(),
+            SourceConfig::B2(c) => c.has_inline_secret(),
             SourceConfig::Doris(c) => c.has_inline_secret(),
             SourceConfig::Huawei(c) => c.has_inline_secret(),
         }

@@ -12,6 +12,7 @@
 //!   per file" or "no data request after a remount".
 //! * [`serve`]: binds, spawns, and returns a handle that stops the server when dropped.
 
+pub mod b2;
 pub mod doris;
 pub mod http;
 pub mod huawei;

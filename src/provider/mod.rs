@@ -3,6 +3,7 @@
 //! | module | API |
 //! |---|---|
 //! | [`http`] | any HTTP(S) server: HTML autoindex listings, Range GETs |
+//! | [`b2`] | Backblaze B2 native API: `b2_list_file_names`, `b2_download_file_by_id` |
 //! | [`doris`] | Apache Doris FE small-file manager: `SHOW FILE`, `/api/get_small_file` (whole files, MD5) |
 //! | [`huawei`] | Huawei Cloud HSS export files: IAM token, export tasks, `/v5/{project_id}/download` |
 //!
@@ -13,6 +14,7 @@
 //! their API.
 
 pub mod autoindex;
+pub mod b2;
 pub mod doris;
 pub mod http;
 pub mod huawei;
@@ -48,6 +50,7 @@ impl BuildContext {
 pub async fn build(cfg: &SourceConfig, ctx: &BuildContext) -> Result<Arc<dyn Source>, ConfigError> {
     match cfg {
         SourceConfig::Http(c) => Ok(Arc::new(http::HttpSource::new(c, ctx)?)),
+        SourceConfig::B2(c) => b2::build(c, ctx).await,
         SourceConfig::Doris(c) => doris::build(c, ctx).await,
         SourceConfig::Huawei(c) => huawei::build(c, ctx).await,
     }
@@ -59,8 +62,9 @@ pub fn from_url(url: &str, name: &str) -> Result<SourceConfig, ConfigError> {
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
         Some("http") | Some("https") => Ok(SourceConfig::Http(http::HttpConfig::from_url(url, name)?)),
+        Some("b2") => Ok(SourceConfig::B2(b2::B2Config::from_url(url, name)?)),
         Some(other) => Err(ConfigError::new(format!(
-            "'{url}': unknown scheme '{other}://' (use http://, https://)"
+            "'{url}': unknown scheme '{other}://' (use http://, https://, b2://)"
         ))),
         None => Err(ConfigError::new(format!(
             "'{url}' is not a URL; give e.g. http://host/dir/ or --config FILE"
