@@ -189,9 +189,16 @@ pub struct SmhSource {
 impl SmhSource {
     pub fn new(cfg: &SmhConfig, ctx: &BuildContext) -> Result<SmhSource, ConfigError> {
         let name = &cfg.name;
-        let endpoint = cfg.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT).trim_end_matches('/');
-        let parsed = Url::parse(endpoint)
-            .map_err(|e| ConfigError::new(format!("source '{name}': endpoint '{endpoint}' is not a valid URL: {e}")))?;
+        let endpoint = cfg
+            .endpoint
+            .as_deref()
+            .unwrap_or(DEFAULT_ENDPOINT)
+            .trim_end_matches('/');
+        let parsed = Url::parse(endpoint).map_err(|e| {
+            ConfigError::new(format!(
+                "source '{name}': endpoint '{endpoint}' is not a valid URL: {e}"
+            ))
+        })?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
             return Err(ConfigError::new(format!(
                 "source '{name}': endpoint '{endpoint}' must be an http:// or https:// URL with a host"
@@ -413,7 +420,10 @@ impl ErrorBody {
             )
             | (404 | 410, _) => SourceError::NotFound(msg),
             (401 | 403, _) => SourceError::PermissionDenied(msg),
-            (s, _) => SourceError::Http { status: s, message: msg },
+            (s, _) => SourceError::Http {
+                status: s,
+                message: msg,
+            },
         }
     }
 }
@@ -571,7 +581,8 @@ fn entry_of(item: &Item, name: &str, path: &str, remote: String) -> Entry {
     }
     for (k, v) in item.meta_data.iter().flatten() {
         let key = k.strip_prefix("x-smh-meta-").unwrap_or(k);
-        e.xattrs.push((format!("user.smh.meta.{key}"), meta_value(v).into_bytes()));
+        e.xattrs
+            .push((format!("user.smh.meta.{key}"), meta_value(v).into_bytes()));
     }
     e
 }
@@ -665,10 +676,7 @@ impl Inner {
         let status = resp.status();
         if !status.is_success() {
             let err = read_error(&self.http, resp, what).await;
-            let msg = format!(
-                "{what}: library_id/library_secret refused: {}",
-                err.describe(status)
-            );
+            let msg = format!("{what}: library_id/library_secret refused: {}", err.describe(status));
             return Err(match status.as_u16() {
                 401 | 403 => SourceError::PermissionDenied(msg),
                 _ => err.into_error(&format!("{what}: token request failed"), status),
@@ -917,7 +925,9 @@ impl Source for SmhSource {
             entry.xattrs.extend(
                 file.xattrs
                     .iter()
-                    .filter(|(k, _)| k.starts_with("user.smh.history") || k == "user.smh.version" || k == "user.smh.latest")
+                    .filter(|(k, _)| {
+                        k.starts_with("user.smh.history") || k == "user.smh.version" || k == "user.smh.latest"
+                    })
                     .cloned(),
             );
             if entry.validator.is_none() {
@@ -950,7 +960,10 @@ impl Source for SmhSource {
         };
         let mut url = self.inner.url("file", "", &path)?;
         url.set_query(Some("info"));
-        let what = format!("GET /api/v1/file/{}/{}/{path}?info", self.inner.library, self.inner.space);
+        let what = format!(
+            "GET /api/v1/file/{}/{}/{path}?info",
+            self.inner.library, self.inner.space
+        );
         let resp = self.inner.call(&what, &url, &[("pre_check", "1")]).await?;
         let info: Item = self.inner.http.body_json(resp, &what).await?;
         info.link_to
@@ -962,9 +975,11 @@ impl Source for SmhSource {
 
 /// The signed download URL of an `?info` answer (absolute, or relative to the endpoint).
 fn signed_url(src: &Inner, path: &str, info: &Item) -> Result<Arc<Url>> {
-    let raw = info.cos_url.as_deref().filter(|u| !u.is_empty()).ok_or_else(|| {
-        SourceError::Protocol(format!("GET /api/v1/file/…/{path}?info: no cosUrl in the answer"))
-    })?;
+    let raw = info
+        .cos_url
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| SourceError::Protocol(format!("GET /api/v1/file/…/{path}?info: no cosUrl in the answer")))?;
     let base = Url::parse(&format!("{}/", src.endpoint)).map_err(|e| SourceError::Invalid(e.to_string()))?;
     let url = base
         .join(raw)
@@ -999,9 +1014,14 @@ impl SmhReader {
         }
         let info = self.src.info(&self.path, self.history_id.as_deref()).await?;
         let same = |a: &Option<String>, b: &Option<String>| a.is_none() || b.is_none() || a == b;
-        if !same(&self.etag, &info.e_tag) || !same(&self.crc64, &info.crc64) || info.size.is_some_and(|s| s != self.size)
+        if !same(&self.etag, &info.e_tag)
+            || !same(&self.crc64, &info.crc64)
+            || info.size.is_some_and(|s| s != self.size)
         {
-            return Err(SourceError::Changed(format!("{}: the file changed on the server", self.path)));
+            return Err(SourceError::Changed(format!(
+                "{}: the file changed on the server",
+                self.path
+            )));
         }
         *cur = (signed_url(&self.src, &self.path, &info)?, seen + 1);
         Ok(cur.clone())
@@ -1040,10 +1060,10 @@ impl FileReader for SmhReader {
                 .get("x-cos-hash-crc64ecma")
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim);
-            if let (Some(now), Some(pinned)) = (cos_crc, self.crc64.as_deref()) {
-                if now != pinned {
-                    return Err(SourceError::Changed(format!("{what}: the object's CRC-64 changed")));
-                }
+            if let (Some(now), Some(pinned)) = (cos_crc, self.crc64.as_deref())
+                && now != pinned
+            {
+                return Err(SourceError::Changed(format!("{what}: the object's CRC-64 changed")));
             }
             let plan = range::plan(status, resp.headers(), &r, Some(self.size))?;
             let body = self.src.http.body_stream(resp, &what).inspect(|c| {
@@ -1096,7 +1116,10 @@ mod tests {
     #[test]
     fn times_parse_as_iso_8601_with_millis_and_offsets() {
         let t = parse_time("2021-08-12T08:13:55.000Z").unwrap();
-        assert_eq!(t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(), 1_628_756_035);
+        assert_eq!(
+            t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(),
+            1_628_756_035
+        );
         let z = parse_time("2021-08-12T16:13:55+08:00").unwrap();
         assert_eq!(z, t);
         let w = parse_time("2021-08-12T03:13:55.000-05:00").unwrap();
