@@ -197,6 +197,7 @@ pub struct SmhControl {
     default_period: AtomicU64,
     min_period: AtomicU64,
     digests: Mutex<HashMap<PathBuf, Digest>>,
+    listings: Mutex<HashMap<PathBuf, Arc<Listing>>>,
 }
 
 impl SmhControl {
@@ -304,6 +305,7 @@ pub fn router(root: &Path, opts: SmhEmuOptions) -> SmhEmulator {
         default_period: AtomicU64::new(opts.default_period),
         min_period: AtomicU64::new(opts.min_period),
         digests: Mutex::new(HashMap::new()),
+        listings: Mutex::new(HashMap::new()),
         opts,
     });
     let state = AppState {
@@ -852,85 +854,110 @@ impl AppState {
 // Directory listing
 
 /// Cheap description of a child, from `readdir` only.
+#[derive(Clone)]
 struct Child {
     name: String,
     is_dir: bool,
-    is_file_like: bool,
+}
+
+/// One directory's children in the default order (dirs first, then by name), cached until
+/// the directory's mtime changes (adding, removing or renaming an entry changes it), so paging
+/// through a 10,000-entry directory reads it once, not once per page.
+struct Listing {
+    mtime: SystemTime,
+    children: Vec<Child>,
+    sub_dirs: usize,
+    files: usize,
+    etag: String,
+}
+
+impl AppState {
+    fn listing(&self, path: &str) -> Option<Arc<Listing>> {
+        let dir = self.root.join(path);
+        let meta = std::fs::metadata(&dir).ok().filter(|m| m.is_dir())?;
+        let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+        if let Some(l) = self.ctl.listings.lock().unwrap().get(&dir)
+            && l.mtime == mtime
+        {
+            return Some(l.clone());
+        }
+        let mut children: Vec<Child> = Vec::new();
+        for e in std::fs::read_dir(&dir).ok()?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if path.is_empty() && (name == HISTORY_DIR || name == META_DIR) {
+                continue;
+            }
+            let Ok(ft) = e.file_type() else { continue };
+            children.push(Child {
+                name,
+                is_dir: ft.is_dir(),
+            });
+        }
+        children.sort_by(|a, b| (!a.is_dir, &a.name).cmp(&(!b.is_dir, &b.name)));
+        let sub_dirs = children.iter().filter(|c| c.is_dir).count();
+        let mut d = CRC64.digest();
+        for c in &children {
+            d.update(c.name.as_bytes());
+            d.update(b"/");
+        }
+        let l = Arc::new(Listing {
+            mtime,
+            files: children.len() - sub_dirs,
+            sub_dirs,
+            etag: format!("\"{:x}\"", d.finalize()),
+            children,
+        });
+        self.ctl.listings.lock().unwrap().insert(dir, l.clone());
+        Some(l)
+    }
 }
 
 fn list_dir(s: &AppState, path: &str, q: &Query) -> Response {
     let dir = s.root.join(path);
-    match std::fs::metadata(&dir) {
-        Ok(m) if m.is_dir() => {}
-        _ => return smh_error(StatusCode::NOT_FOUND, "DirectoryNotFound", "directory not found"),
-    }
-    let Ok(rd) = std::fs::read_dir(&dir) else {
+    let Some(listing) = s.listing(path) else {
         return smh_error(StatusCode::NOT_FOUND, "DirectoryNotFound", "directory not found");
     };
-    let mut children: Vec<Child> = Vec::new();
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if path.is_empty() && (name == HISTORY_DIR || name == META_DIR) {
-            continue;
-        }
-        let Ok(ft) = e.file_type() else { continue };
-        children.push(Child {
-            name,
-            is_dir: ft.is_dir(),
-            is_file_like: !ft.is_dir(),
-        });
-    }
-    let (sub_dirs, files) = (
-        children.iter().filter(|c| c.is_dir).count(),
-        children.iter().filter(|c| c.is_file_like).count(),
-    );
-    let listing_etag = {
-        let mut d = CRC64.digest();
-        let mut names: Vec<&str> = children.iter().map(|c| c.name.as_str()).collect();
-        names.sort_unstable();
-        for n in names {
-            d.update(n.as_bytes());
-            d.update(b"/");
-        }
-        format!("\"{:x}\"", d.finalize())
-    };
+    let (sub_dirs, files) = (listing.sub_dirs, listing.files);
+    let listing_etag = listing.etag.clone();
+    let mut children: std::borrow::Cow<'_, [Child]> = std::borrow::Cow::Borrowed(&listing.children);
     match q.get("filter") {
-        Some("onlyDir") => children.retain(|c| c.is_dir),
-        Some("onlyFile") => children.retain(|c| !c.is_dir),
+        Some("onlyDir") => children = children.iter().filter(|c| c.is_dir).cloned().collect(),
+        Some("onlyFile") => children = children.iter().filter(|c| !c.is_dir).cloned().collect(),
         _ => {}
     }
-    let desc = q.any(&["order_by_type", "orderByType"]) == Some("desc");
-    match q.any(&["order_by", "orderBy"]).unwrap_or("name") {
-        "name" => children.sort_by(|a, b| (!a.is_dir, &a.name).cmp(&(!b.is_dir, &b.name))),
-        key => {
-            let stat = |c: &Child| std::fs::symlink_metadata(dir.join(&c.name)).ok();
-            let mut keyed: Vec<(u128, Child)> = children
-                .into_iter()
-                .map(|c| {
-                    let m = stat(&c);
-                    let t = |f: fn(&std::fs::Metadata) -> std::io::Result<SystemTime>| {
-                        m.as_ref()
-                            .and_then(|m| f(m).ok())
-                            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                            .map_or(0, |d| d.as_nanos())
-                    };
-                    let k = match key {
-                        "size" => m.as_ref().map_or(0, |m| m.len() as u128),
-                        "creationTime" | "localCreationTime" => t(std::fs::Metadata::created),
-                        _ => t(std::fs::Metadata::modified),
-                    };
-                    (k, c)
-                })
-                .collect();
-            keyed.sort_by(|(ka, a), (kb, b)| (!a.is_dir, *ka, &a.name).cmp(&(!b.is_dir, *kb, &b.name)));
-            children = keyed.into_iter().map(|(_, c)| c).collect();
-        }
+    let order = q.any(&["order_by", "orderBy"]).unwrap_or("name");
+    if order != "name" {
+        let key = order;
+        let stat = |c: &Child| std::fs::symlink_metadata(dir.join(&c.name)).ok();
+        let mut keyed: Vec<(u128, Child)> = children
+            .iter()
+            .cloned()
+            .map(|c| {
+                let m = stat(&c);
+                let t = |f: fn(&std::fs::Metadata) -> std::io::Result<SystemTime>| {
+                    m.as_ref()
+                        .and_then(|m| f(m).ok())
+                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_nanos())
+                };
+                let k = match key {
+                    "size" => m.as_ref().map_or(0, |m| m.len() as u128),
+                    "creationTime" | "localCreationTime" => t(std::fs::Metadata::created),
+                    _ => t(std::fs::Metadata::modified),
+                };
+                (k, c)
+            })
+            .collect();
+        keyed.sort_by(|(ka, a), (kb, b)| (!a.is_dir, *ka, &a.name).cmp(&(!b.is_dir, *kb, &b.name)));
+        children = keyed.into_iter().map(|(_, c)| c).collect();
     }
+    let desc = q.any(&["order_by_type", "orderByType"]) == Some("desc");
     if desc {
         // Directories stay first; each group is reversed.
         let split = children.iter().position(|c| !c.is_dir).unwrap_or(children.len());
-        children[..split].reverse();
-        children[split..].reverse();
+        let v = children.to_mut();
+        v[..split].reverse();
+        v[split..].reverse();
     }
     let total = children.len();
     let marker_mode = q.has("marker") || q.has("limit");
