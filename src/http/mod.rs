@@ -233,10 +233,15 @@ fn error_chain(e: &reqwest::Error) -> String {
     } else {
         s.push_str("request error");
     }
+    // The innermost cause is the one that says what happened ("Connection refused").
+    let mut last = None;
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        last = Some(c.to_string());
         cur = c.source();
+    }
+    if let Some(l) = last {
+        s.push_str(": ");
+        s.push_str(&l);
     }
     s
 }

@@ -157,8 +157,9 @@ impl HttpSource {
         })
     }
 
+    /// `GET http://host:port/path` for errors: never the query string or user info.
     fn what(method: &Method, url: &Url) -> String {
-        format!("{method} {}", url.path())
+        format!("{method} {}", display_url(url))
     }
 
     /// Sends a request with the source's headers, following same-host redirects by hand when
@@ -210,14 +211,12 @@ impl HttpSource {
         let resp = self.request(Method::HEAD, url, &HeaderMap::new()).await?;
         let status = resp.status();
         if status.is_success() {
-            if let Some(len) = resp
-                .content_length()
-                .or_else(|| header_u64(resp.headers(), "content-length"))
-            {
+            // Not `resp.content_length()`: for a HEAD that is the (empty) body's length.
+            if let Some(len) = header_u64(resp.headers(), "content-length") {
                 return Ok(entry_from_headers(name, url, len, resp.headers()));
             }
         } else if !matches!(status.as_u16(), 405 | 501 | 403) {
-            return Err(crate::http::status_error(status, format!("HEAD {}", url.path())));
+            return Err(crate::http::status_error(status, Self::what(&Method::HEAD, url)));
         }
         // No HEAD, or HEAD without a length: a one-byte ranged GET tells the total.
         let mut h = HeaderMap::new();
@@ -233,7 +232,7 @@ impl HttpSource {
                 .and_then(|c| c.total),
             200 => resp.content_length(),
             416 => Some(0),
-            _ => return Err(crate::http::status_error(st, format!("GET {}", url.path()))),
+            _ => return Err(crate::http::status_error(st, Self::what(&Method::GET, url))),
         };
         drop(resp);
         let size = size.ok_or_else(|| {
@@ -244,6 +243,16 @@ impl HttpSource {
         })?;
         Ok(entry_from_headers(name, url, size, &headers))
     }
+}
+
+/// scheme://host[:port]/path of a URL, safe to show.
+pub fn display_url(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
 }
 
 fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
@@ -338,7 +347,7 @@ impl Source for HttpSource {
             });
         }
         // One GET learns the version and brings the first block.
-        let what = format!("GET {}", url.path());
+        let what = Self::what(&Method::GET, &url);
         let mut h = HeaderMap::new();
         let want = req.block_size.max(1);
         h.insert(
@@ -423,7 +432,7 @@ fn file_name_of(url: &Url) -> String {
 
 impl HttpSource {
     async fn list_url(&self, url: &Url) -> Result<Vec<Entry>> {
-        let what = format!("GET {}", url.path());
+        let what = Self::what(&Method::GET, url);
         let resp = self.request(Method::GET, url, &HeaderMap::new()).await?;
         let status = resp.status();
         if !status.is_success() {
@@ -533,7 +542,7 @@ impl FileReader for HttpReader {
     }
 
     async fn read_stream(&self, r: Range<u64>) -> Result<BoxStream<'static, Result<Bytes>>> {
-        let what = format!("GET {}", self.url.path());
+        let what = format!("GET {}", display_url(&self.url));
         let mut h = self.headers.clone();
         let whole = self.whole.load(Ordering::Relaxed) || (r.start == 0 && r.end == self.size);
         if !whole {
