@@ -581,12 +581,16 @@ fn authorize(s: &AppState, q: &Query, lib: &str, space: &str) -> Result<(), Resp
     if lib != o.library_id {
         return Err(smh_error(StatusCode::NOT_FOUND, "LibraryNotFound", "library not found"));
     }
-    if space != o.space_id {
-        return Err(smh_error(StatusCode::NOT_FOUND, "SpaceNotFound", "space not found"));
-    }
+    let space_missing = || smh_error(StatusCode::NOT_FOUND, "SpaceNotFound", "space not found");
     if o.public_read {
-        return Ok(());
+        return if space == o.space_id {
+            Ok(())
+        } else {
+            Err(space_missing())
+        };
     }
+    // The token is checked before the space exists: a token of one space used on another is
+    // refused as such, whether or not that space exists.
     let invalid = || {
         smh_error(
             StatusCode::FORBIDDEN,
@@ -612,6 +616,9 @@ fn authorize(s: &AppState, q: &Query, lib: &str, space: &str) -> Result<(), Resp
         ));
     }
     t.expires = Instant::now() + t.period;
+    if space != o.space_id {
+        return Err(space_missing());
+    }
     Ok(())
 }
 

@@ -707,7 +707,8 @@ impl Inner {
                 return Ok(resp);
             }
             let err = read_error(&self.http, resp, what).await;
-            if status == StatusCode::FORBIDDEN && err.is_token_error() {
+            // SMH answers 403; a gateway may say 401 with the same codes.
+            if matches!(status.as_u16(), 401 | 403) && err.is_token_error() {
                 match &self.credential {
                     Credential::Secret(_) if !renewed => {
                         tracing::debug!(%what, code = %err.code, "access token refused, renewing it once");
