@@ -607,6 +607,27 @@ async fn token_expiry_mid_read_completes_with_equal_bytes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn without_a_cos_url_in_info_the_download_redirect_gives_the_signed_url() {
+    let env = start().await;
+    env.ctl.set_omit_cos_url(true);
+    let src = env.source().await;
+    let root = src.root().await.unwrap();
+    let big = find(&list(&*src, &root).await, "big.bin").clone();
+    let want = big_bytes();
+    let n = want.len() as u64;
+    let opened = src.open(&big, &open_req()).await.unwrap();
+    let mut got = read_all(&*opened.reader, 0..n / 2).await.unwrap().to_vec();
+    env.ctl.expire_signed_urls();
+    got.extend_from_slice(&read_all(&*opened.reader, n / 2..n).await.unwrap());
+    assert!(got == want, "bytes differ");
+    assert_eq!(
+        env.requests("GET /api/v1/file/"),
+        4,
+        "?info then the 302, at open and again after the URL expired"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn signed_urls_really_expire_after_their_lifetime() {
     let env = start().await;
     env.ctl.set_url_ttl(Duration::from_secs(2));

@@ -26,7 +26,7 @@
 //!   `modificationTime`, `creationTime`) with `order_by_type`/`orderByType`; `filter`
 //!   (`onlyDir`, `onlyFile`); `with_inode`; `?info` describes a directory or a file.
 //! * `HEAD /api/v1/file/…` (x-smh-* headers, 404 without body), `GET /api/v1/file/…?info`
-//!   (JSON with `cosUrl`; `pre_check` omits it), `GET /api/v1/file/…` (302 to the `cosUrl`, with
+//!   (JSON with `cosUrl`; `pre_check` or [`SmhEmuOptions::omit_cos_url`] omits it), `GET /api/v1/file/…` (302 to the `cosUrl`, with
 //!   the x-smh-* headers); `history_id` everywhere.
 //! * `GET /api/v1/directory-history/{lib}/{space}/history-list/{path}`: versions, latest first.
 //! * `GET|HEAD /cos/<object>?q-sign-time=<start>;<end>&q-url-id=<n>&q-signature=<hex>`: the COS
@@ -91,6 +91,8 @@ pub struct SmhEmuOptions {
     pub public_read: bool,
     /// HMAC key of signed URLs (random when `None`).
     pub sign_key: Option<Vec<u8>>,
+    /// Leave `cosUrl` out of `?info` answers (clients must use the 302 of the download API).
+    pub omit_cos_url: bool,
 }
 
 impl Default for SmhEmuOptions {
@@ -106,6 +108,7 @@ impl Default for SmhEmuOptions {
             sizes_as_strings: false,
             public_read: false,
             sign_key: None,
+            omit_cos_url: false,
         }
     }
 }
@@ -164,6 +167,7 @@ pub struct SmhSwitches {
     /// Paths (relative to the root) whose published CRC-64 is wrong from now on.
     pub wrong_crc64: Vec<String>,
     pub sizes_as_strings: Option<bool>,
+    pub omit_cos_url: Option<bool>,
 }
 
 struct TokenState {
@@ -194,6 +198,7 @@ pub struct SmhControl {
     url_cutoff: AtomicU64,
     wrong_crc: Mutex<HashSet<String>>,
     sizes_as_strings: AtomicBool,
+    omit_cos_url: AtomicBool,
     default_period: AtomicU64,
     min_period: AtomicU64,
     digests: Mutex<HashMap<PathBuf, Digest>>,
@@ -229,6 +234,11 @@ impl SmhControl {
         self.sizes_as_strings.store(on, Ordering::SeqCst);
     }
 
+    /// Leave `cosUrl` out of `?info` answers from now on.
+    pub fn set_omit_cos_url(&self, on: bool) {
+        self.omit_cos_url.store(on, Ordering::SeqCst);
+    }
+
     /// Token period granted when the client asks for none, and the lower clamp.
     pub fn set_token_period(&self, default: u64, min: u64) {
         self.default_period.store(default, Ordering::SeqCst);
@@ -255,6 +265,9 @@ impl SmhControl {
         }
         if let Some(b) = s.sizes_as_strings {
             self.set_sizes_as_strings(b);
+        }
+        if let Some(b) = s.omit_cos_url {
+            self.set_omit_cos_url(b);
         }
     }
 
@@ -302,6 +315,7 @@ pub fn router(root: &Path, opts: SmhEmuOptions) -> SmhEmulator {
         url_cutoff: AtomicU64::new(0),
         wrong_crc: Mutex::new(HashSet::new()),
         sizes_as_strings: AtomicBool::new(opts.sizes_as_strings),
+        omit_cos_url: AtomicBool::new(opts.omit_cos_url),
         default_period: AtomicU64::new(opts.default_period),
         min_period: AtomicU64::new(opts.min_period),
         digests: Mutex::new(HashMap::new()),
@@ -1196,7 +1210,7 @@ fn info_json(s: &AppState, path: &str, history_id: Option<&str>, host: &str, pre
     v["previewByDoc"] = json!(false);
     v["previewByCI"] = json!(false);
     v["previewAsIcon"] = json!(false);
-    if !pre_check {
+    if !pre_check && !s.ctl.omit_cos_url.load(Ordering::SeqCst) {
         v["cosUrl"] = json!(sign_url(s, host, &object));
     }
     json_ok(v)

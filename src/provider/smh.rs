@@ -1,6 +1,21 @@
 //! Tencent Cloud Smart Media Hosting (SMH), business-level API (providers.md §3).
 //!
-//! One source is one library space, mounted as `<path>` under the source's directory.
+//! One source is one library space, mounted as `<path>` under the source's directory:
+//!
+//! ```toml
+//! [[source]]
+//! name = "media"
+//! type = "smh"
+//! library_id = "smhxxxxxxxx"
+//! library_secret_file = "/etc/fetchfs/smh.secret"   # or library_secret, SMH_LIBRARY_SECRET,
+//! # access_token = "…"                             # or a ready token (never renewed)
+//! # space_id = "-"                                 # tenant space; "-" = single-tenant
+//! # endpoint = "https://api.tencentsmh.cn"
+//! # user_id = "…"                                  # for admin tokens issued without one
+//! # versions = true                                # read-only .versions/ history view
+//! ```
+//!
+//! Quick form: `fetchfs mount smh://LIBRARY[/SPACE] MOUNTPOINT` (endpoint from `SMH_ENDPOINT`).
 //!
 //! * **Token.** `GET /api/v1/token?library_id=&library_secret=[&space_id=][&user_id=]` (no
 //!   `grant`: a read-only token) returns `{accessToken, expiresIn}`. The token rides on every
@@ -15,7 +30,10 @@
 //!   other type (`file`, `image`, `video`, `multi-file`…) → regular file.
 //! * **Open.** One `GET /api/v1/file/…?info&purpose=download[&history_id=]` per open: fresh
 //!   metadata plus `cosUrl`, a pre-signed URL on another host. Blocks are ranged GETs straight to
-//!   that URL ([`range::plan`]/[`range::cut`]); the SMH token is never sent there. When COS
+//!   that URL ([`range::plan`]/[`range::cut`]); the SMH token is never sent there. A server
+//!   whose `?info` carries no `cosUrl` is asked the seed's way, `GET /api/v1/file/…` → 302, and
+//!   the redirect target is used (the shared client follows redirects; the body is dropped
+//!   unread). When COS
 //!   answers 403 `Request has expired` (or `RequestTimeTooSkewed`) the reader resolves a new URL
 //!   once (one resolution in flight per open file) and retries.
 //! * **Pinning.** An open file keeps the `eTag`/`crc64` it was opened at: a re-resolved URL
@@ -935,7 +953,7 @@ impl Source for SmhSource {
                 entry.validator = Some(format!("h{id}:{}", info.crc64.as_deref().unwrap_or("")));
             }
         }
-        let signed = signed_url(&self.inner, &path, &info)?;
+        let signed = self.inner.signed_url(&path, history_id.as_deref(), &info).await?;
         let reader = SmhReader {
             src: self.inner.clone(),
             path,
@@ -974,23 +992,46 @@ impl Source for SmhSource {
     }
 }
 
-/// The signed download URL of an `?info` answer (absolute, or relative to the endpoint).
-fn signed_url(src: &Inner, path: &str, info: &Item) -> Result<Arc<Url>> {
-    let raw = info
-        .cos_url
-        .as_deref()
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| SourceError::Protocol(format!("GET /api/v1/file/…/{path}?info: no cosUrl in the answer")))?;
-    let base = Url::parse(&format!("{}/", src.endpoint)).map_err(|e| SourceError::Invalid(e.to_string()))?;
-    let url = base
-        .join(raw)
-        .map_err(|_| SourceError::Protocol(format!("GET /api/v1/file/…/{path}?info: cosUrl is not a URL")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(SourceError::Protocol(format!(
-            "GET /api/v1/file/…/{path}?info: cosUrl is not an http(s) URL"
-        )));
+impl Inner {
+    /// The signed download URL: the `cosUrl` of an `?info` answer (absolute, or relative to
+    /// the endpoint) or, when the answer has none, where the download API redirects.
+    async fn signed_url(&self, path: &str, history_id: Option<&str>, info: &Item) -> Result<Arc<Url>> {
+        let what = format!("GET /api/v1/file/{}/{}/{path}", self.library, self.space);
+        let Some(raw) = info.cos_url.as_deref().filter(|u| !u.is_empty()) else {
+            return self.redirect_target(&what, path, history_id).await;
+        };
+        let base = Url::parse(&format!("{}/", self.endpoint)).map_err(|e| SourceError::Invalid(e.to_string()))?;
+        let url = base
+            .join(raw)
+            .map_err(|_| SourceError::Protocol(format!("{what}?info: cosUrl is not a URL")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(SourceError::Protocol(format!(
+                "{what}?info: cosUrl is not an http(s) URL"
+            )));
+        }
+        Ok(Arc::new(url))
     }
-    Ok(Arc::new(url))
+
+    /// The 302 flow of the seed: `GET /api/v1/file/…` answers with `Location: <signed URL>`.
+    /// The shared client follows redirects, so the target is the final URL of the answer; its
+    /// body is dropped unread (one small request, only for servers whose `?info` has no
+    /// `cosUrl`).
+    async fn redirect_target(&self, what: &str, path: &str, history_id: Option<&str>) -> Result<Arc<Url>> {
+        let url = self.url("file", "", path)?;
+        let mut q = vec![("purpose", "download")];
+        if let Some(h) = history_id {
+            q.push(("history_id", h));
+        }
+        let resp = self.call(what, &url, &q).await?;
+        let target = resp.url().clone();
+        drop(resp);
+        if target.path() == url.path() && target.host_str() == url.host_str() {
+            return Err(SourceError::Protocol(format!(
+                "{what}: neither a cosUrl nor a redirect to one"
+            )));
+        }
+        Ok(Arc::new(target))
+    }
 }
 
 /// Reads one pinned version of an SMH file from its signed URL.
@@ -1024,7 +1065,11 @@ impl SmhReader {
                 self.path
             )));
         }
-        *cur = (signed_url(&self.src, &self.path, &info)?, seen + 1);
+        let url = self
+            .src
+            .signed_url(&self.path, self.history_id.as_deref(), &info)
+            .await?;
+        *cur = (url, seen + 1);
         Ok(cur.clone())
     }
 }
