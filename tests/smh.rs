@@ -149,6 +149,21 @@ async fn read_file(src: &dyn Source, e: &Entry) -> Vec<u8> {
     read_all(&*opened.reader, 0..opened.entry.size).await.unwrap().to_vec()
 }
 
+/// Reads big.bin in two halves split at `at`, running `between` after the first; asserts the
+/// bytes equal the file's.
+async fn read_big_across(env: &Env, at: u64, between: impl FnOnce(&SmhControl)) {
+    let src = env.source().await;
+    let root = src.root().await.unwrap();
+    let big = find(&list(&*src, &root).await, "big.bin").clone();
+    let want = big_bytes();
+    let n = want.len() as u64;
+    let opened = src.open(&big, &open_req()).await.unwrap();
+    let mut got = read_all(&*opened.reader, 0..at).await.unwrap().to_vec();
+    between(&env.ctl);
+    got.extend_from_slice(&read_all(&*opened.reader, at..n).await.unwrap());
+    assert!(got == want, "bytes differ");
+}
+
 /// A client that does not follow redirects, for checking the raw API.
 fn raw() -> reqwest::Client {
     reqwest::Client::builder()
@@ -574,16 +589,7 @@ async fn toml_config_with_a_secret_file_builds_a_working_source() {
 #[tokio::test(flavor = "multi_thread")]
 async fn signed_url_expiry_mid_read_gets_a_new_url_and_completes() {
     let env = start().await;
-    let src = env.source().await;
-    let root = src.root().await.unwrap();
-    let big = find(&list(&*src, &root).await, "big.bin").clone();
-    let want = big_bytes();
-    let n = want.len() as u64;
-    let opened = src.open(&big, &open_req()).await.unwrap();
-    let mut got = read_all(&*opened.reader, 0..n / 2).await.unwrap().to_vec();
-    env.ctl.expire_signed_urls();
-    got.extend_from_slice(&read_all(&*opened.reader, n / 2..n).await.unwrap());
-    assert!(got == want, "bytes differ");
+    read_big_across(&env, 1 << 20, SmhControl::expire_signed_urls).await;
     assert_eq!(env.requests("GET /api/v1/file/"), 2, "one new signed URL");
     assert_eq!(env.ctl.tokens_issued(), 1);
 }
@@ -591,18 +597,12 @@ async fn signed_url_expiry_mid_read_gets_a_new_url_and_completes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn token_expiry_mid_read_completes_with_equal_bytes() {
     let env = start().await;
-    let src = env.source().await;
-    let root = src.root().await.unwrap();
-    let big = find(&list(&*src, &root).await, "big.bin").clone();
-    let want = big_bytes();
-    let n = want.len() as u64;
-    let opened = src.open(&big, &open_req()).await.unwrap();
-    let mut got = read_all(&*opened.reader, 0..n / 3).await.unwrap().to_vec();
     // Both credentials die: COS refuses the URL, SMH refuses the token used to get a new one.
-    env.ctl.expire_tokens();
-    env.ctl.expire_signed_urls();
-    got.extend_from_slice(&read_all(&*opened.reader, n / 3..n).await.unwrap());
-    assert!(got == want, "bytes differ");
+    read_big_across(&env, 1 << 20, |c| {
+        c.expire_tokens();
+        c.expire_signed_urls();
+    })
+    .await;
     assert_eq!(env.ctl.tokens_issued(), 2);
 }
 
@@ -610,16 +610,7 @@ async fn token_expiry_mid_read_completes_with_equal_bytes() {
 async fn without_a_cos_url_in_info_the_download_redirect_gives_the_signed_url() {
     let env = start().await;
     env.ctl.set_omit_cos_url(true);
-    let src = env.source().await;
-    let root = src.root().await.unwrap();
-    let big = find(&list(&*src, &root).await, "big.bin").clone();
-    let want = big_bytes();
-    let n = want.len() as u64;
-    let opened = src.open(&big, &open_req()).await.unwrap();
-    let mut got = read_all(&*opened.reader, 0..n / 2).await.unwrap().to_vec();
-    env.ctl.expire_signed_urls();
-    got.extend_from_slice(&read_all(&*opened.reader, n / 2..n).await.unwrap());
-    assert!(got == want, "bytes differ");
+    read_big_across(&env, 1 << 20, SmhControl::expire_signed_urls).await;
     assert_eq!(
         env.requests("GET /api/v1/file/"),
         4,

@@ -59,6 +59,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::Harness;
+use super::http::{RangeAsk, parse_range};
 use crate::provider::smh::{CRC64, encode_path};
 
 /// Longest token period the API allows (§3.2).
@@ -981,40 +982,9 @@ fn list_dir(s: &AppState, path: &str, q: &Query) -> Response {
         v[split..].reverse();
     }
     let total = children.len();
-    let marker_mode = q.has("marker") || q.has("limit");
-    let page_mode = q.has("page") || q.has("page_size");
-    if marker_mode && page_mode {
-        return smh_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidParameter",
-            "marker/limit and page/page_size cannot be combined",
-        );
-    }
-    let max = s.ctl.opts.max_limit.max(1);
-    let (start, len, next) = if marker_mode {
-        let start = match q.get("marker").filter(|m| !m.is_empty()) {
-            None => 0,
-            Some(m) => match m.parse::<usize>() {
-                Ok(n) => n,
-                Err(_) => return smh_error(StatusCode::BAD_REQUEST, "InvalidParameter", "marker is not valid"),
-            },
-        };
-        let Ok(limit) = q.get("limit").unwrap_or("20").parse::<usize>() else {
-            return smh_error(StatusCode::BAD_REQUEST, "InvalidParameter", "limit is not a number");
-        };
-        let limit = limit.clamp(1, max);
-        let start = start.min(total);
-        let end = (start + limit).min(total);
-        (start, end - start, (end < total).then(|| end.to_string()))
-    } else {
-        let page = q.get("page").and_then(|p| p.parse::<usize>().ok()).unwrap_or(1).max(1);
-        let size = q
-            .get("page_size")
-            .and_then(|p| p.parse::<usize>().ok())
-            .unwrap_or(20)
-            .clamp(1, max);
-        let start = ((page - 1) * size).min(total);
-        (start, size.min(total - start), None)
+    let (start, len, next) = match page_of(q, total, s.ctl.opts.max_limit) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let with_inode = q.get("with_inode").is_some_and(|v| v == "1" || v == "true");
     let mut contents = Vec::with_capacity(len);
@@ -1038,6 +1008,32 @@ fn list_dir(s: &AppState, path: &str, q: &Query) -> Response {
         body["nextMarker"] = json!(n);
     }
     json_ok(body)
+}
+
+/// The slice a paged request asks for: `(start, len, nextMarker)`. `marker` (an opaque offset)
+/// with `limit`, and `page` with `page_size` (default page 1 of 20), are exclusive (400 when
+/// mixed); sizes are clamped to `1..=max`.
+#[allow(clippy::result_large_err)]
+fn page_of(q: &Query, total: usize, max: usize) -> Result<(usize, usize, Option<String>), Response> {
+    let bad = |m: &str| smh_error(StatusCode::BAD_REQUEST, "InvalidParameter", m);
+    let number = |k: &str, default: usize| match q.get(k).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => v.parse::<usize>().map_err(|_| bad(&format!("{k} is not valid"))),
+    };
+    let max = max.max(1);
+    let marker_mode = q.has("marker") || q.has("limit");
+    if marker_mode && (q.has("page") || q.has("page_size")) {
+        return Err(bad("marker/limit and page/page_size cannot be combined"));
+    }
+    if marker_mode {
+        let start = number("marker", 0)?.min(total);
+        let end = (start + number("limit", 20)?.clamp(1, max)).min(total);
+        Ok((start, end - start, (end < total).then(|| end.to_string())))
+    } else {
+        let size = number("page_size", 20)?.clamp(1, max);
+        let start = (number("page", 1)?.max(1) - 1).saturating_mul(size).min(total);
+        Ok((start, size.min(total - start), None))
+    }
 }
 
 fn join_path(dir: &str, name: &str) -> String {
@@ -1234,29 +1230,9 @@ fn history_list(s: &AppState, path: &str, q: &Query) -> Response {
     // The latest version always comes first.
     let all: Vec<(u64, PathBuf)> = current.into_iter().chain(versions).collect();
     let total = all.len();
-    let max = s.ctl.opts.max_limit.max(1);
-    let (start, len, next) = if q.has("page") || q.has("page_size") {
-        let page = q.get("page").and_then(|p| p.parse::<usize>().ok()).unwrap_or(1).max(1);
-        let size = q
-            .get("page_size")
-            .and_then(|p| p.parse::<usize>().ok())
-            .unwrap_or(20)
-            .clamp(1, max);
-        let start = ((page - 1) * size).min(total);
-        (start, size.min(total - start), None)
-    } else {
-        let start = q
-            .get("marker")
-            .and_then(|m| m.parse::<usize>().ok())
-            .unwrap_or(0)
-            .min(total);
-        let limit = q
-            .get("limit")
-            .and_then(|l| l.parse::<usize>().ok())
-            .unwrap_or(20)
-            .clamp(1, max);
-        let end = (start + limit).min(total);
-        (start, end - start, (end < total).then(|| end.to_string()))
+    let (start, len, next) = match page_of(q, total, s.ctl.opts.max_limit) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let mut contents = Vec::new();
     for (i, (id, file)) in all.iter().enumerate().skip(start).take(len) {
@@ -1385,50 +1361,6 @@ fn open_at(file: &Path, start: u64) -> std::io::Result<std::fs::File> {
     let mut f = std::fs::File::open(file)?;
     f.seek(std::io::SeekFrom::Start(start))?;
     Ok(f)
-}
-
-enum RangeAsk {
-    Ignore,
-    Unsatisfiable,
-    Span(u64, u64),
-}
-
-/// COS GetObject ranges: one `bytes=a-b`, `bytes=a-` or `bytes=-n`; a start at or beyond the
-/// size is unsatisfiable; anything else (several ranges, garbage) is ignored (200 whole).
-fn parse_range(v: &str, size: u64) -> RangeAsk {
-    let Some(spec) = v.trim().strip_prefix("bytes=") else {
-        return RangeAsk::Ignore;
-    };
-    if spec.contains(',') {
-        return RangeAsk::Ignore;
-    }
-    let Some((a, b)) = spec.split_once('-') else {
-        return RangeAsk::Ignore;
-    };
-    let (a, b) = (a.trim(), b.trim());
-    if a.is_empty() {
-        return match b.parse::<u64>() {
-            Ok(0) => RangeAsk::Unsatisfiable,
-            Ok(_) if size == 0 => RangeAsk::Unsatisfiable,
-            Ok(n) => RangeAsk::Span(size.saturating_sub(n), size - 1),
-            Err(_) => RangeAsk::Ignore,
-        };
-    }
-    let Ok(a) = a.parse::<u64>() else {
-        return RangeAsk::Ignore;
-    };
-    let e = if b.is_empty() {
-        u64::MAX
-    } else {
-        match b.parse::<u64>() {
-            Ok(e) if e >= a => e,
-            _ => return RangeAsk::Ignore,
-        }
-    };
-    if a >= size {
-        return RangeAsk::Unsatisfiable;
-    }
-    RangeAsk::Span(a, e.min(size - 1))
 }
 
 // ---------------------------------------------------------------------------------------------

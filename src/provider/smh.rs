@@ -747,10 +747,9 @@ impl Inner {
         }
     }
 
-    /// Every entry of directory `path`, all pages (`marker`/`limit`).
-    async fn list_dir(&self, path: &str) -> Result<Vec<(Item, String)>> {
-        let url = self.url("directory", "", path)?;
-        let what = format!("GET /api/v1/directory/{}/{}/{}", self.library, self.space, path);
+    /// Every item of a `marker`/`limit` paged API, all pages: asks until the answer has no
+    /// `nextMarker` (a repeated marker is a protocol error, not an endless loop).
+    async fn all_pages(&self, what: &str, url: &Url) -> Result<Vec<Item>> {
         let limit = PAGE_LIMIT.to_string();
         let mut marker: Option<String> = None;
         let mut out = Vec::new();
@@ -759,12 +758,9 @@ impl Inner {
             if let Some(m) = &marker {
                 q.push(("marker", m.as_str()));
             }
-            let resp = self.call(&what, &url, &q).await?;
-            let page: Page = self.http.body_json(resp, &what).await?;
-            for item in page.contents {
-                let child = join(path, &item.name);
-                out.push((item, child));
-            }
+            let resp = self.call(what, url, &q).await?;
+            let page: Page = self.http.body_json(resp, what).await?;
+            out.extend(page.contents);
             match page.next_marker {
                 Some(next) if marker.as_deref() == Some(next.as_str()) => {
                     return Err(SourceError::Protocol(format!(
@@ -775,6 +771,20 @@ impl Inner {
                 None => return Ok(out),
             }
         }
+    }
+
+    /// Every entry of directory `path` with its own path.
+    async fn list_dir(&self, path: &str) -> Result<Vec<(Item, String)>> {
+        let url = self.url("directory", "", path)?;
+        let what = format!("GET /api/v1/directory/{}/{}/{}", self.library, self.space, path);
+        let items = self.all_pages(&what, &url).await?;
+        Ok(items
+            .into_iter()
+            .map(|item| {
+                let child = join(path, &item.name);
+                (item, child)
+            })
+            .collect())
     }
 
     /// `?info` of a file (optionally a historical version): metadata plus `cosUrl`.
@@ -803,27 +813,7 @@ impl Inner {
             "GET /api/v1/directory-history/{}/{}/history-list/{path}",
             self.library, self.space
         );
-        let limit = PAGE_LIMIT.to_string();
-        let mut marker: Option<String> = None;
-        let mut out = Vec::new();
-        loop {
-            let mut q = vec![("limit", limit.as_str())];
-            if let Some(m) = &marker {
-                q.push(("marker", m.as_str()));
-            }
-            let resp = self.call(&what, &url, &q).await?;
-            let page: Page = self.http.body_json(resp, &what).await?;
-            out.extend(page.contents);
-            match page.next_marker {
-                Some(next) if marker.as_deref() == Some(next.as_str()) => {
-                    return Err(SourceError::Protocol(format!(
-                        "{what}: the server repeated nextMarker {next}"
-                    )));
-                }
-                Some(next) => marker = Some(next),
-                None => return Ok(out),
-            }
-        }
+        self.all_pages(&what, &url).await
     }
 }
 
