@@ -117,7 +117,11 @@ fn a_published_crc64_that_does_not_match_fails_cat_with_eio() {
         &format!("cat {} > /dev/null", m.path("smh/bad.bin").display()),
         Duration::from_secs(60),
     );
-    assert!(!ok, "a file whose CRC-64 does not match must not read cleanly");
+    assert!(
+        !ok,
+        "a file whose CRC-64 does not match must not read cleanly\n{}",
+        m.log_text()
+    );
     assert!(err.contains("Input/output error"), "{err}");
     let (ok, sum, err) = sh(
         &format!("md5sum < {}", m.path("smh/good.bin").display()),
