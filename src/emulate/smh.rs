@@ -129,7 +129,8 @@ pub struct EmuArgs {
     /// Lifetime of signed COS URLs (e.g. 15m, 30s).
     #[arg(long, default_value = "15m", value_parser = crate::config::parse_duration)]
     pub url_ttl: Duration,
-    /// Token period in seconds when the client asks for none.
+    /// Token period in seconds when the client asks for none (values under the API's 300 s
+    /// minimum are honoured here, to watch clients renew).
     #[arg(long, default_value_t = 86_400)]
     pub token_period: u64,
     /// Write `size` as a string in JSON (as the Java SDK models it).
