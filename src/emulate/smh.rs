@@ -141,17 +141,17 @@ pub struct EmuArgs {
     pub public_read: bool,
 }
 
-impl EmuArgs {
-    pub fn options(&self) -> SmhEmuOptions {
+impl From<&EmuArgs> for SmhEmuOptions {
+    fn from(a: &EmuArgs) -> SmhEmuOptions {
         SmhEmuOptions {
-            library_id: self.library_id.clone(),
-            library_secret: self.library_secret.clone(),
-            space_id: self.space_id.clone(),
-            url_ttl: self.url_ttl,
-            default_period: self.token_period,
-            min_period: 300.min(self.token_period),
-            sizes_as_strings: self.sizes_as_strings,
-            public_read: self.public_read,
+            library_id: a.library_id.clone(),
+            library_secret: a.library_secret.clone(),
+            space_id: a.space_id.clone(),
+            url_ttl: a.url_ttl,
+            default_period: a.token_period,
+            min_period: 300.min(a.token_period),
+            sizes_as_strings: a.sizes_as_strings,
+            public_read: a.public_read,
             ..SmhEmuOptions::default()
         }
     }
