@@ -396,6 +396,10 @@ async fn file_replaced_mid_read_is_reported_as_changed() {
     std::fs::write(env.root().join("big.bin"), &other).unwrap();
     let err = read_all(&*opened.reader, 4096..8192).await.unwrap_err();
     assert!(matches!(err, SourceError::Changed(_)), "{err}");
+    assert!(
+        !err.to_string().contains("q-signature"),
+        "no signature in errors: {err}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -512,7 +516,7 @@ async fn tenant_space_is_served_and_tokens_are_bound_to_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn emulator_tokens_slide_with_each_use_and_expire_when_idle() {
     let env = start().await;
-    env.ctl.set_token_period(1, 1);
+    env.ctl.set_token_period(2, 1);
     let tok = raw_token(&env).await;
     let status = || async {
         raw()
@@ -527,10 +531,10 @@ async fn emulator_tokens_slide_with_each_use_and_expire_when_idle() {
             .as_u16()
     };
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         assert_eq!(status().await, 200, "each use extends the token by its period");
     }
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
     assert_eq!(status().await, 403, "an idle token expires after its period");
 }
 
@@ -541,7 +545,7 @@ async fn ready_access_token_is_used_and_its_expiry_is_permission_denied() {
     let src = env
         .source_with(|c| {
             c.library_secret = None;
-            c.access_token = Some(tok);
+            c.access_token = Some(tok.clone());
         })
         .await;
     let root = src.root().await.unwrap();
@@ -550,6 +554,10 @@ async fn ready_access_token_is_used_and_its_expiry_is_permission_denied() {
     let err = src.list(&root).await.unwrap_err();
     assert!(matches!(err, SourceError::PermissionDenied(_)), "{err}");
     assert!(err.to_string().contains("InvalidAccessToken"), "{err}");
+    assert!(
+        !err.to_string().contains(&tok),
+        "the token never appears in errors: {err}"
+    );
     assert_eq!(env.ctl.tokens_issued(), 1, "a ready token is never renewed");
 }
 
@@ -621,7 +629,8 @@ async fn without_a_cos_url_in_info_the_download_redirect_gives_the_signed_url() 
 #[tokio::test(flavor = "multi_thread")]
 async fn signed_urls_really_expire_after_their_lifetime() {
     let env = start().await;
-    env.ctl.set_url_ttl(Duration::from_secs(2));
+    // Valid for 2 to 3 s (COS sign times are whole seconds).
+    env.ctl.set_url_ttl(Duration::from_secs(3));
     let tok = raw_token(&env).await;
     let info: Value = raw()
         .get(format!(
@@ -641,7 +650,7 @@ async fn signed_urls_really_expire_after_their_lifetime() {
     let hello = find(&list(&*src, &root).await, "hello.txt").clone();
     let opened = src.open(&hello, &open_req()).await.unwrap();
     assert_eq!(&read_all(&*opened.reader, 0..5).await.unwrap()[..], b"hello");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let resp = raw().get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 403);
     assert_eq!(resp.headers()["content-type"], "application/xml");
@@ -741,9 +750,15 @@ async fn versions_view_lists_history_and_reads_each_version() {
     let deep = list(&*src, &list(&*src, sub).await[0]).await;
     assert_eq!(deep.len(), 1);
     assert_eq!(read_file(&*src, &deep[0]).await, b"deep file");
+    // A real `.versions` at the root is hidden by the view, not listed twice.
+    std::fs::create_dir(env.root().join(".versions")).unwrap();
+    let top = list(&*src, &root).await;
+    assert_eq!(top.iter().filter(|e| e.name == ".versions").count(), 1);
+    assert_eq!(find(&top, ".versions").remote, view.remote);
     // Without the option there is no view.
     let plain = env.source().await;
-    assert!(!list(&*plain, &root).await.iter().any(|e| e.name == ".versions"));
+    let real = list(&*plain, &root).await;
+    assert_ne!(find(&real, ".versions").remote, view.remote, "the real directory");
 }
 
 // ---------------------------------------------------------------------------------------------
