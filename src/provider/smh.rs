@@ -31,9 +31,8 @@
 //! * **Open.** One `GET /api/v1/file/…?info&purpose=download[&history_id=]` per open: fresh
 //!   metadata plus `cosUrl`, a pre-signed URL on another host. Blocks are ranged GETs straight to
 //!   that URL ([`range::plan`]/[`range::cut`]); the SMH token is never sent there. A server
-//!   whose `?info` carries no `cosUrl` is asked the seed's way, `GET /api/v1/file/…` → 302, and
-//!   the redirect target is used (the shared client follows redirects; the body is dropped
-//!   unread). When COS
+//!   whose `?info` carries no `cosUrl` is asked the seed's way: `GET /api/v1/file/…` → 302,
+//!   whose `Location` is read without following it. When COS
 //!   answers 403 `Request has expired` (or `RequestTimeTooSkewed`) the reader resolves a new URL
 //!   once (one resolution in flight per open file) and retries.
 //! * **Pinning.** An open file keeps the `eTag`/`crc64` it was opened at: a re-resolved URL
@@ -189,6 +188,8 @@ enum Credential {
 
 struct Inner {
     http: Http,
+    /// The same options without following redirects: reads the download API's `Location`.
+    no_follow: Http,
     /// Endpoint without a trailing `/`.
     endpoint: String,
     library: String,
@@ -264,9 +265,15 @@ impl SmhSource {
             }
         };
         let http = Http::new(ctx.http.clone()).map_err(|e| ConfigError::new(format!("source '{name}': {e}")))?;
+        let no_follow = Http::new(crate::http::HttpOptions {
+            max_redirects: 0,
+            ..ctx.http.clone()
+        })
+        .map_err(|e| ConfigError::new(format!("source '{name}': {e}")))?;
         Ok(SmhSource {
             inner: Arc::new(Inner {
                 http,
+                no_follow,
                 endpoint: endpoint.to_string(),
                 library: cfg.library_id.clone(),
                 space,
@@ -710,6 +717,11 @@ impl Inner {
     /// Sends an authorised API call (`access_token`, `user_id` added to `query`), renewing the
     /// token once on a token error. Returns a 2xx/3xx response; other answers become errors.
     async fn call(&self, what: &str, url: &Url, query: &[(&str, &str)]) -> Result<reqwest::Response> {
+        self.call_with(&self.http, what, url, query).await
+    }
+
+    /// [`Inner::call`] through a given client.
+    async fn call_with(&self, http: &Http, what: &str, url: &Url, query: &[(&str, &str)]) -> Result<reqwest::Response> {
         let mut renewed = false;
         loop {
             let tok = self.token().await?;
@@ -718,13 +730,13 @@ impl Inner {
             if let Some(u) = &self.user_id {
                 q.push(("user_id", u));
             }
-            let resp = self.http.send(what, |c| c.get(url.clone()).query(&q)).await?;
+            let resp = http.send(what, |c| c.get(url.clone()).query(&q)).await?;
             crate::metrics::Metrics::add(&crate::metrics::global().http_requests, 1);
             let status = resp.status();
             if status.is_success() || status.is_redirection() {
                 return Ok(resp);
             }
-            let err = read_error(&self.http, resp, what).await;
+            let err = read_error(http, resp, what).await;
             // SMH answers 403; a gateway may say 401 with the same codes.
             if matches!(status.as_u16(), 401 | 403) && err.is_token_error() {
                 match &self.credential {
@@ -1002,24 +1014,25 @@ impl Inner {
         Ok(Arc::new(url))
     }
 
-    /// The 302 flow of the seed: `GET /api/v1/file/…` answers with `Location: <signed URL>`.
-    /// The shared client follows redirects, so the target is the final URL of the answer; its
-    /// body is dropped unread (one small request, only for servers whose `?info` has no
-    /// `cosUrl`).
+    /// The 302 flow of the seed: `GET /api/v1/file/…` answers `302` with
+    /// `Location: <signed URL>`, read without following it.
     async fn redirect_target(&self, what: &str, path: &str, history_id: Option<&str>) -> Result<Arc<Url>> {
         let url = self.url("file", "", path)?;
         let mut q = vec![("purpose", "download")];
         if let Some(h) = history_id {
             q.push(("history_id", h));
         }
-        let resp = self.call(what, &url, &q).await?;
-        let target = resp.url().clone();
-        drop(resp);
-        if target.path() == url.path() && target.host_str() == url.host_str() {
-            return Err(SourceError::Protocol(format!(
-                "{what}: neither a cosUrl nor a redirect to one"
-            )));
-        }
+        let resp = self.call_with(&self.no_follow, what, &url, &q).await?;
+        let location = resp
+            .status()
+            .is_redirection()
+            .then(|| resp.headers().get(reqwest::header::LOCATION))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| SourceError::Protocol(format!("{what}: neither a cosUrl nor a redirect to one")))?;
+        let target = url
+            .join(location)
+            .map_err(|_| SourceError::Protocol(format!("{what}: the redirect Location is not a URL")))?;
         Ok(Arc::new(target))
     }
 }
