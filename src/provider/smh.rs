@@ -20,7 +20,7 @@
 //! * **Token.** `GET /api/v1/token?library_id=&library_secret=[&space_id=][&user_id=]` (no
 //!   `grant`: a read-only token) returns `{accessToken, expiresIn}`. The token rides on every
 //!   call as the `access_token` query parameter. It lives in a [`TokenCache`]: fetched lazily,
-//!   renewed [`TOKEN_MARGIN`] before `expiresIn` (as the Android SDK does) and once more when a
+//!   renewed 30 s before `expiresIn` (as the Android SDK does) and once more when a
 //!   call answers 403 with one of [`TOKEN_CODES`]; parallel failures cause one renewal. A
 //!   configured ready `access_token` is used as is and cannot be renewed.
 //! * **Listing.** `GET /api/v1/directory/{lib}/{space}/{dir}?marker=&limit=` until the answer
