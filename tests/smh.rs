@@ -786,6 +786,26 @@ async fn injected_server_errors_are_retried_on_api_and_cos() {
     assert!(got[..] == big_bytes()[..]);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_cut_mid_stream_is_a_transient_error_and_the_range_reads_again() {
+    let env = start().await;
+    let src = env.source().await;
+    let root = src.root().await.unwrap();
+    let big = find(&list(&*src, &root).await, "big.bin").clone();
+    let opened = src.open(&big, &open_req()).await.unwrap();
+    env.harness.faults.set(FaultSpec {
+        reset_after: Some(100_000),
+        reset_count: 1,
+        path_contains: "/cos/".into(),
+        ..FaultSpec::default()
+    });
+    let r = 0..(1 << 20);
+    let err = read_all(&*opened.reader, r.clone()).await.unwrap_err();
+    assert!(err.is_transient(), "the cache resumes after this: {err}");
+    let got = read_all(&*opened.reader, r.clone()).await.unwrap();
+    assert!(got[..] == big_bytes()[..1 << 20]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The emulator's API, checked raw (checklist §3.11)
 
