@@ -158,6 +158,7 @@ pub enum SourceConfig {
     B2(crate::provider::b2::B2Config),
     Doris(crate::provider::doris::DorisConfig),
     Huawei(crate::provider::huawei::HuaweiConfig),
+    Smh(crate::provider::smh::SmhConfig),
 }
 
 impl SourceConfig {
@@ -167,6 +168,7 @@ impl SourceConfig {
             SourceConfig::B2(c) => &c.name,
             SourceConfig::Doris(c) => &c.name,
             SourceConfig::Huawei(c) => &c.name,
+            SourceConfig::Smh(c) => &c.name,
         }
     }
     pub fn kind(&self) -> &'static str {
@@ -175,6 +177,7 @@ impl SourceConfig {
             SourceConfig::B2(_) => "b2",
             SourceConfig::Doris(_) => "doris",
             SourceConfig::Huawei(_) => "huawei",
+            SourceConfig::Smh(_) => "smh",
         }
     }
     /// Whether the section holds a secret written inline (the file must then be private).
@@ -184,6 +187,7 @@ impl SourceConfig {
             SourceConfig::B2(c) => c.has_inline_secret(),
             SourceConfig::Doris(c) => c.has_inline_secret(),
             SourceConfig::Huawei(c) => c.has_inline_secret(),
+            SourceConfig::Smh(c) => c.has_inline_secret(),
         }
     }
 }

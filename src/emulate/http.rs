@@ -229,14 +229,14 @@ async fn file_body(path: PathBuf, start: u64, len: u64) -> std::io::Result<Body>
     Ok(Body::from_stream(stream))
 }
 
-enum RangeAsk {
+pub(crate) enum RangeAsk {
     Ignore,
     Unsatisfiable,
     Span(u64, u64),
 }
 
 /// One `bytes=a-b`, `bytes=a-` or `bytes=-n` range as RFC 9110 reads it; anything else ignored.
-fn parse_range(v: &str, size: u64) -> RangeAsk {
+pub(crate) fn parse_range(v: &str, size: u64) -> RangeAsk {
     let Some(spec) = v.trim().strip_prefix("bytes=") else {
         return RangeAsk::Ignore;
     };

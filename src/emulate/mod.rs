@@ -16,6 +16,7 @@ pub mod b2;
 pub mod doris;
 pub mod http;
 pub mod huawei;
+pub mod smh;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

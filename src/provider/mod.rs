@@ -6,6 +6,7 @@
 //! | [`b2`] | Backblaze B2 native API: `b2_list_file_names`, `b2_download_file_by_id` |
 //! | [`doris`] | Apache Doris FE small-file manager: `SHOW FILE`, `/api/get_small_file` (whole files, MD5) |
 //! | [`huawei`] | Huawei Cloud HSS export files: IAM token, export tasks, `/v5/{project_id}/download` |
+//! | [`smh`] | Tencent Cloud Smart Media Hosting: token, directory listing, signed COS URLs |
 //!
 //! A provider module exports its `[[source]]` config struct (serde, `deny_unknown_fields`,
 //! with a `name` field) and an async `build` that checks credentials-independent values and
@@ -18,6 +19,7 @@ pub mod b2;
 pub mod doris;
 pub mod http;
 pub mod huawei;
+pub mod smh;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +55,7 @@ pub async fn build(cfg: &SourceConfig, ctx: &BuildContext) -> Result<Arc<dyn Sou
         SourceConfig::B2(c) => b2::build(c, ctx).await,
         SourceConfig::Doris(c) => doris::build(c, ctx).await,
         SourceConfig::Huawei(c) => huawei::build(c, ctx).await,
+        SourceConfig::Smh(c) => smh::build(c, ctx).await,
     }
 }
 
@@ -63,6 +66,7 @@ pub fn from_url(url: &str, name: &str) -> Result<SourceConfig, ConfigError> {
     match scheme.as_deref() {
         Some("http") | Some("https") => Ok(SourceConfig::Http(http::HttpConfig::from_url(url, name)?)),
         Some("b2") => Ok(SourceConfig::B2(b2::B2Config::from_url(url, name)?)),
+        Some("smh") => Ok(SourceConfig::Smh(smh::SmhConfig::from_url(url, name)?)),
         Some(other) => Err(ConfigError::new(format!(
             "'{url}': unknown scheme '{other}://' (use http://, https://, b2://)"
         ))),

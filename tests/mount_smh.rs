@@ -1,0 +1,200 @@
+//! Real FUSE mounts of the SMH source against the in-process SMH emulator, exercised with the
+//! tools users run: cp, md5sum, cat, dd, ls, readlink, getfattr.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use fetchfs::emulate::smh::{SmhControl, SmhEmuOptions};
+use fetchfs::emulate::{self, Server};
+
+const SECRET: &str = "mount-secret";
+
+struct Fixture {
+    _rt: tokio::runtime::Runtime,
+    data: tempfile::TempDir,
+    conf: tempfile::TempDir,
+    server: Server,
+    ctl: Arc<SmhControl>,
+}
+
+fn fixture() -> Fixture {
+    let rt = runtime();
+    let data = tempfile::tempdir().unwrap();
+    let emu = emulate::smh::router(
+        data.path(),
+        SmhEmuOptions {
+            library_secret: SECRET.into(),
+            ..SmhEmuOptions::default()
+        },
+    );
+    let ctl = emu.control.clone();
+    let server = rt.block_on(emulate::serve(emu.router, 0, emu.harness)).unwrap();
+    Fixture {
+        _rt: rt,
+        data,
+        conf: tempfile::tempdir().unwrap(),
+        server,
+        ctl,
+    }
+}
+
+impl Fixture {
+    /// Writes a config naming the source `smh` (secret in a `_file`) and returns its path.
+    fn config(&self, versions: bool) -> String {
+        let secret = self.conf.path().join("secret");
+        std::fs::write(&secret, SECRET).unwrap();
+        let path = self.conf.path().join("fetchfs.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[source]]\nname = \"smh\"\ntype = \"smh\"\nendpoint = \"{}\"\nlibrary_id = \"smhdemo\"\nlibrary_secret_file = \"{}\"\nversions = {versions}\n",
+                self.server.base_url(),
+                secret.display()
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    }
+
+    fn mount(&self, versions: bool) -> MountGuard {
+        let cfg = self.config(versions);
+        MountGuard::start(&["--config", &cfg])
+    }
+}
+
+fn write(root: &Path, rel: &str, data: &[u8]) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+#[test]
+fn cp_r_of_a_library_gives_identical_md5sums() {
+    if !can_mount() {
+        return;
+    }
+    let fx = fixture();
+    let files = make_tree(fx.data.path(), 4, 15, 400_000, 11);
+    let m = fx.mount(false);
+    let out = tempfile::tempdir().unwrap();
+    let (ok, _, err) = sh(
+        &format!("cp -r {}/smh/. {}/", m.mnt().display(), out.path().display()),
+        Duration::from_secs(90),
+    );
+    assert!(ok, "cp failed: {err}\n{}", m.log_text());
+    let (ok, sums, _) = sh(
+        &format!("cd {} && find . -type f | sort | xargs md5sum", out.path().display()),
+        Duration::from_secs(30),
+    );
+    assert!(ok);
+    assert_eq!(sums.lines().count(), files.len());
+    for (path, data) in &files {
+        let rel = path.strip_prefix(fx.data.path()).unwrap().display().to_string();
+        let line = sums
+            .lines()
+            .find(|l| l.ends_with(&format!("./{rel}")))
+            .unwrap_or_else(|| panic!("{rel} missing"));
+        assert!(line.starts_with(&md5_hex(data)), "{rel}: {line}");
+    }
+}
+
+#[test]
+fn a_published_crc64_that_does_not_match_fails_cat_with_eio() {
+    if !can_mount() {
+        return;
+    }
+    let fx = fixture();
+    let data = pseudo_random(3 << 20, 5);
+    write(fx.data.path(), "bad.bin", &data);
+    write(fx.data.path(), "good.bin", &data);
+    fx.ctl.publish_wrong_crc64("bad.bin");
+    let m = fx.mount(false);
+    let (ok, _, err) = sh(
+        &format!("cat {} > /dev/null", m.path("smh/bad.bin").display()),
+        Duration::from_secs(60),
+    );
+    assert!(
+        !ok,
+        "a file whose CRC-64 does not match must not read cleanly\n{}",
+        m.log_text()
+    );
+    assert!(err.contains("Input/output error"), "{err}");
+    let (ok, sum, err) = sh(
+        &format!("md5sum < {}", m.path("smh/good.bin").display()),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{err}");
+    assert!(sum.starts_with(&md5_hex(&data)), "{sum}");
+}
+
+#[test]
+fn expired_token_and_signed_url_mid_copy_still_give_identical_bytes() {
+    if !can_mount() {
+        return;
+    }
+    let fx = fixture();
+    let data = pseudo_random(16 << 20, 9);
+    write(fx.data.path(), "big.bin", &data);
+    let m = fx.mount(false);
+    let f = m.path("smh/big.bin");
+    let (ok, _, err) = sh(
+        &format!("dd if={} of=/dev/null bs=1M count=2 status=none", f.display()),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "{err}");
+    fx.ctl.expire_tokens();
+    fx.ctl.expire_signed_urls();
+    let (ok, sum, err) = sh(&format!("md5sum < {}", f.display()), Duration::from_secs(60));
+    assert!(ok, "{err}\n{}", m.log_text());
+    assert!(sum.starts_with(&md5_hex(&data)), "{sum}");
+}
+
+#[test]
+fn versions_symlinks_and_xattrs_are_visible_through_the_mount() {
+    if !can_mount() {
+        return;
+    }
+    let fx = fixture();
+    write(fx.data.path(), "notes/hello.txt", b"current\n");
+    write(fx.data.path(), ".history/notes/hello.txt.v1", b"first\n");
+    write(fx.data.path(), ".meta/notes/hello.txt.json", br#"{"owner":"ann"}"#);
+    std::os::unix::fs::symlink("notes/hello.txt", fx.data.path().join("latest")).unwrap();
+    let m = fx.mount(true);
+    let (ok, ls, err) = sh(
+        &format!("ls {}", m.path("smh/.versions/notes/hello.txt").display()),
+        Duration::from_secs(20),
+    );
+    assert!(ok, "{err}\n{}", m.log_text());
+    assert_eq!(ls.split_whitespace().collect::<Vec<_>>(), ["1", "2"]);
+    let (_, v1, _) = sh(
+        &format!("cat {}", m.path("smh/.versions/notes/hello.txt/1").display()),
+        Duration::from_secs(20),
+    );
+    assert_eq!(v1, "first\n");
+    let (_, target, _) = sh(
+        &format!("readlink {}", m.path("smh/latest").display()),
+        Duration::from_secs(20),
+    );
+    assert_eq!(target.trim(), "notes/hello.txt");
+    let (_, via_link, _) = sh(
+        &format!("cat {}", m.path("smh/latest").display()),
+        Duration::from_secs(20),
+    );
+    assert_eq!(via_link, "current\n");
+    let (ok, attrs, err) = sh(
+        &format!(
+            "getfattr -d -m 'user\\.smh\\.' {}",
+            m.path("smh/notes/hello.txt").display()
+        ),
+        Duration::from_secs(20),
+    );
+    assert!(ok, "{err}");
+    let crc = fetchfs::provider::smh::crc64(b"current\n").to_string();
+    assert!(attrs.contains(&format!("user.smh.crc64=\"{crc}\"")), "{attrs}");
+    assert!(attrs.contains("user.smh.meta.owner=\"ann\""), "{attrs}");
+    assert!(attrs.contains("user.smh.content_type=\"text/plain\""), "{attrs}");
+}
