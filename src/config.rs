@@ -155,17 +155,20 @@ pub struct ConfigFile {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceConfig {
     Http(crate::provider::http::HttpConfig),
+    Onedata(crate::provider::onedata::OnedataConfig),
 }
 
 impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::Http(c) => &c.name,
+            SourceConfig::Onedata(c) => &c.name,
         }
     }
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Http(_) => "http",
+            SourceConfig::Onedata(_) => "onedata",
         }
     }
 }

@@ -13,6 +13,7 @@
 //! * [`serve`]: binds, spawns, and returns a handle that stops the server when dropped.
 
 pub mod http;
+pub mod onedata;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -3,6 +3,7 @@
 //! | module | API |
 //! |---|---|
 //! | [`http`] | any HTTP(S) server: HTML autoindex listings, Range GETs |
+//! | [`onedata`] | Onedata Oneprovider REST v3: spaces, paged children, content by id or path |
 //!
 //! A provider module exports its `[[source]]` config struct (serde, `deny_unknown_fields`,
 //! with a `name` field) and an async `build` that checks credentials-independent values and
@@ -12,6 +13,7 @@
 
 pub mod autoindex;
 pub mod http;
+pub mod onedata;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +46,7 @@ impl BuildContext {
 pub async fn build(cfg: &SourceConfig, ctx: &BuildContext) -> Result<Arc<dyn Source>, ConfigError> {
     match cfg {
         SourceConfig::Http(c) => Ok(Arc::new(http::HttpSource::new(c, ctx)?)),
+        SourceConfig::Onedata(c) => onedata::build(c, ctx).await,
     }
 }
 
@@ -53,6 +56,9 @@ pub fn from_url(url: &str, name: &str) -> Result<SourceConfig, ConfigError> {
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
         Some("http") | Some("https") => Ok(SourceConfig::Http(http::HttpConfig::from_url(url, name)?)),
+        Some("onedata") | Some("onedata+http") | Some("onedata+https") => {
+            Ok(SourceConfig::Onedata(onedata::OnedataConfig::from_url(url, name)?))
+        }
         Some(other) => Err(ConfigError::new(format!(
             "'{url}': unknown scheme '{other}://' (use http://, https://)"
         ))),
