@@ -65,11 +65,7 @@ async fn start(tree: impl FnOnce(&Path)) -> Env {
     );
     let behaviour = e.behaviour.clone();
     let server = serve(e.router, 0, e.harness).await.unwrap();
-    Env {
-        dir,
-        server,
-        behaviour,
-    }
+    Env { dir, server, behaviour }
 }
 
 fn ctx() -> BuildContext {
@@ -283,7 +279,10 @@ async fn range_rules_of_section_2_7_hold_on_the_wire() {
     let r = get(&env, &path, Some("bytes=0-1,10-12")).await;
     assert_eq!(r.status(), 206);
     let ct = header(&r, "content-type");
-    let boundary = ct.strip_prefix("multipart/byteranges; boundary=").expect(&ct).to_string();
+    let boundary = ct
+        .strip_prefix("multipart/byteranges; boundary=")
+        .expect(&ct)
+        .to_string();
     let body = r.bytes().await.unwrap();
     let text = String::from_utf8_lossy(&body);
     assert_eq!(text.matches(&format!("--{boundary}\r\n")).count(), 2);
@@ -300,7 +299,10 @@ async fn a_file_shorter_than_listed_reads_as_changed_never_as_short_data() {
     let f = walk(&*src, "sp/f.bin").await;
     std::fs::write(env.root().join("sp/f.bin"), pattern(5_000)).unwrap();
     // Past the new end: 416 with bytes */5000.
-    assert!(matches!(read(&*src, &f, 6_000..8_000).await, Err(SourceError::Changed(_))));
+    assert!(matches!(
+        read(&*src, &f, 6_000..8_000).await,
+        Err(SourceError::Changed(_))
+    ));
     // Inside it: the 206 total no longer matches the listed size.
     assert!(matches!(read(&*src, &f, 0..100).await, Err(SourceError::Changed(_))));
     // Reopening with revalidation picks up the new size.
@@ -337,7 +339,10 @@ async fn posix_errors_map_through_their_errno() {
     let e = read(&*src, &gone, 0..gone.size).await.unwrap_err();
     assert!(matches!(&e, SourceError::NotFound(m) if m.contains("enoent")), "{e}");
     let e = read(&*src, &secret, 0..2).await.unwrap_err();
-    assert!(matches!(&e, SourceError::PermissionDenied(m) if m.contains("eacces")), "{e}");
+    assert!(
+        matches!(&e, SourceError::PermissionDenied(m) if m.contains("eacces")),
+        "{e}"
+    );
     // Children of a regular file: enotdir.
     let as_dir = Entry::dir("ok.txt", ok.remote.clone());
     let e = src.list(&as_dir).await.unwrap_err();
@@ -345,7 +350,10 @@ async fn posix_errors_map_through_their_errno() {
 
     env.set(|b| b.force_errno = Some("eperm".into()));
     let e = read(&*src, &ok, 0..4).await.unwrap_err();
-    assert!(matches!(&e, SourceError::PermissionDenied(m) if m.contains("eperm")), "{e}");
+    assert!(
+        matches!(&e, SourceError::PermissionDenied(m) if m.contains("eperm")),
+        "{e}"
+    );
     let sp = walk(&*src, "sp").await;
     assert!(matches!(src.list(&sp).await, Err(SourceError::PermissionDenied(_))));
     env.set(|b| b.force_errno = None);
@@ -376,7 +384,10 @@ async fn a_refused_token_is_eacces_naming_the_auth_error_but_never_the_token() {
     let a = walk(&*src, "sp/a").await;
     env.set(|b| b.reject_token = Some("tokenRevoked".into()));
     let e = read(&*src, &a, 0..1).await.unwrap_err();
-    assert!(matches!(&e, SourceError::PermissionDenied(m) if m.contains("tokenRevoked")), "{e}");
+    assert!(
+        matches!(&e, SourceError::PermissionDenied(m) if m.contains("tokenRevoked")),
+        "{e}"
+    );
     assert!(!e.to_string().contains(TOKEN));
     // 401 is final: one request, no retry.
     let before = env.count("/content");
@@ -557,7 +568,10 @@ async fn a_directory_download_redirects_to_a_resumable_tar() {
     let r = get(&env, &format!("{API}/data/{space_id}/path/d"), None).await;
     assert_eq!(r.status(), 302);
     let loc = header(&r, "location");
-    let code_path = loc.split_once("/download/").map(|(_, c)| format!("/download/{c}")).expect(&loc);
+    let code_path = loc
+        .split_once("/download/")
+        .map(|(_, c)| format!("/download/{c}"))
+        .expect(&loc);
     let r = raw().get(env.url(&code_path)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let tar_bytes = r.bytes().await.unwrap();
@@ -572,17 +586,35 @@ async fn a_directory_download_redirects_to_a_resumable_tar() {
     }
     assert!(seen.contains(&("d/one.txt".into(), 10)), "{seen:?}");
     assert!(seen.contains(&("d/sub/two.bin".into(), 5_000)), "{seen:?}");
-    assert!(seen.contains(&("d/ln".into(), 10)), "links are followed by default: {seen:?}");
+    assert!(
+        seen.contains(&("d/ln".into(), 10)),
+        "links are followed by default: {seen:?}"
+    );
     // Resume from byte N; any other range is 416 bytes */*.
-    let r = raw().get(env.url(&code_path)).header("range", "bytes=1000-").send().await.unwrap();
+    let r = raw()
+        .get(env.url(&code_path))
+        .header("range", "bytes=1000-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(&r.bytes().await.unwrap()[..], &tar_bytes[1000..]);
-    let r = raw().get(env.url(&code_path)).header("range", "bytes=0-10").send().await.unwrap();
+    let r = raw()
+        .get(env.url(&code_path))
+        .header("range", "bytes=0-10")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 416);
     assert_eq!(header(&r, "content-range"), "bytes */*");
     // By id too.
     let d = walk(&*src, "sp/d").await;
-    let r = get(&env, &format!("{API}/data/{}/content", xattr(&d, "user.onedata.file_id")), None).await;
+    let r = get(
+        &env,
+        &format!("{API}/data/{}/content", xattr(&d, "user.onedata.file_id")),
+        None,
+    )
+    .await;
     assert_eq!(r.status(), 302);
     // The source never follows it: opening a directory is refused.
     assert!(read(&*src, &d, 0..1).await.is_err());
@@ -604,7 +636,10 @@ async fn lookup_attributes_and_option_merging_follow_the_api() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let id = r.json::<serde_json::Value>().await.unwrap()["fileId"].as_str().unwrap().to_string();
+    let id = r.json::<serde_json::Value>().await.unwrap()["fileId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let r = c
         .post(env.url(&format!("{API}/lookup-file-id/nospace/dir/b")))
         .header("x-auth-token", TOKEN)
@@ -614,7 +649,10 @@ async fn lookup_attributes_and_option_merging_follow_the_api() {
     assert_eq!(r.status(), 400);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["details"]["errno"], "enoent");
-    assert!(v["error"]["ctx"]["serviceReleaseVersion"].is_string(), "errors carry ctx");
+    assert!(
+        v["error"]["ctx"]["serviceReleaseVersion"].is_string(),
+        "errors carry ctx"
+    );
 
     // Attributes: JSON body selects, query `attribute=` selects legacy names.
     let url = env.url(&format!("{API}/data/{id}"));
@@ -697,7 +735,11 @@ async fn lookup_attributes_and_option_merging_follow_the_api() {
     assert_eq!(v["children"], serde_json::json!([{"name": "c"}]));
     assert_eq!(v["isLast"], true);
     assert!(v["nextPageToken"].is_null());
-    let v = page("", serde_json::json!({"index": "b", "offset": 1, "attributes": ["name"]})).await;
+    let v = page(
+        "",
+        serde_json::json!({"index": "b", "offset": 1, "attributes": ["name"]}),
+    )
+    .await;
     assert_eq!(v["children"], serde_json::json!([{"name": "c"}]));
     let r = c
         .get(format!("{curl}?limit=1001"))
@@ -806,8 +848,42 @@ async fn ten_thousand_entries_are_listed_completely() {
     let mut names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     names.dedup();
     assert_eq!(names.len(), n, "no duplicates across pages");
+    // The same pages fetched raw (emulator + transfer only), to tell server from client time.
+    let url = env.url(&format!("{API}/data/{}/children", xattr(&dir, "user.onedata.file_id")));
+    let attrs = [
+        "fileId",
+        "name",
+        "type",
+        "size",
+        "mtime",
+        "atime",
+        "ctime",
+        "posixPermissions",
+        "symlinkValue",
+    ];
+    let t = Instant::now();
+    let mut token: Option<String> = None;
+    loop {
+        let mut body = serde_json::json!({"limit": 1000, "attributes": attrs});
+        if let Some(t) = &token {
+            body["token"] = serde_json::json!(t);
+        }
+        let r = raw()
+            .get(&url)
+            .header("x-auth-token", TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        match v["nextPageToken"].as_str() {
+            Some(t) => token = Some(t.to_string()),
+            None => break,
+        }
+    }
+    let raw_took = t.elapsed();
     eprintln!(
-        "listing {n} entries through OnedataSource took {took:?} ({} pages)",
-        env.count("/children") - 1
+        "listing {n} entries through OnedataSource took {took:?} ({} pages); the raw pages alone {raw_took:?}",
+        env.count("/children") / 2
     );
 }

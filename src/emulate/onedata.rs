@@ -318,7 +318,9 @@ fn space_id(dir_name: &str) -> String {
 }
 
 fn provider_id() -> String {
-    sha1_hex("fetchfs-onedata-provider")[..32].to_string()
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| sha1_hex("fetchfs-onedata-provider")[..32].to_string())
+        .clone()
 }
 
 fn spaces_of(root: &Path) -> Vec<Space> {
