@@ -495,6 +495,15 @@ async fn symlinks_list_with_their_target_and_download_follows_them() {
     let esc = xattr(&walk(&*src, "sp/sub/escape").await, "user.onedata.file_id");
     let r = get(&env, &format!("{API}/data/{esc}/content"), None).await;
     assert_eq!(r.status(), 400, "a link leaving the space does not resolve");
+    // Path resolution never passes through a linked directory, which could leave the root.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), b"must not be served").unwrap();
+    std::os::unix::fs::symlink(outside.path(), env.root().join("sp/linkdir")).unwrap();
+    let space = xattr(&walk(&*src, "sp").await, "user.onedata.space_id");
+    let r = get(&env, &format!("{API}/data/{space}/path/linkdir/secret"), None).await;
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["details"]["errno"], "enoent");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -386,12 +386,25 @@ fn join_rel(a: &str, b: &str) -> String {
     }
 }
 
-fn node(space: &Space, rel: &str) -> PathBuf {
-    if rel.is_empty() {
-        space.dir.clone()
-    } else {
-        space.dir.join(rel)
+/// The local path of `rel` in `space`. Resolution never passes through a symlink (nor a
+/// file) in the middle of the path, so no request reaches outside `--root`; only downloads
+/// follow links, one checked hop at a time ([`resolve_link`]).
+fn node(space: &Space, rel: &str) -> std::io::Result<PathBuf> {
+    let mut p = space.dir.clone();
+    let mut segs = rel.split('/').filter(|s| !s.is_empty()).peekable();
+    while let Some(seg) = segs.next() {
+        p.push(seg);
+        if segs.peek().is_some() {
+            let m = std::fs::symlink_metadata(&p)?;
+            if m.file_type().is_symlink() {
+                return Err(std::io::ErrorKind::NotFound.into());
+            }
+            if !m.is_dir() {
+                return Err(std::io::ErrorKind::NotADirectory.into());
+            }
+        }
     }
+    Ok(p)
 }
 
 async fn spaces(State(st): State<St>) -> Response {
@@ -450,8 +463,8 @@ async fn lookup(State(st): State<St>, uri: Uri) -> Response {
         return posix("enoent");
     };
     let rel = rest.join("/");
-    if std::fs::symlink_metadata(node(space, &rel)).is_err() {
-        return posix("enoent");
+    if let Err(e) = node(space, &rel).and_then(std::fs::symlink_metadata) {
+        return io_posix(&e);
     }
     axum::Json(json!({ "fileId": file_id(&space.id, &rel) })).into_response()
 }
@@ -490,9 +503,8 @@ enum AttrSel {
 }
 
 /// Every attribute of one node, current names.
-fn all_attrs(space: &Space, rel: &str) -> std::io::Result<serde_json::Map<String, Value>> {
+fn all_attrs(space: &Space, rel: &str, path: &Path) -> std::io::Result<serde_json::Map<String, Value>> {
     use std::os::unix::fs::MetadataExt;
-    let path = node(space, rel);
     let meta = std::fs::symlink_metadata(&path)?;
     let ft = meta.file_type();
     let kind = if ft.is_symlink() {
@@ -513,7 +525,7 @@ fn all_attrs(space: &Space, rel: &str) -> std::io::Result<serde_json::Map<String
         Value::String(file_id(&space.id, rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("")))
     };
     let symlink = if ft.is_symlink() {
-        std::fs::read_link(&path)
+        std::fs::read_link(path)
             .ok()
             .map(|t| Value::String(t.to_string_lossy().to_string()))
             .unwrap_or(Value::Null)
@@ -744,7 +756,7 @@ async fn attributes(
         Ok(s) => s,
         Err(r) => return r,
     };
-    match all_attrs(&space, &rel) {
+    match node(&space, &rel).and_then(|p| all_attrs(&space, &rel, &p)) {
         Ok(all) => axum::Json(select(&all, &sel)).into_response(),
         Err(e) => io_posix(&e),
     }
@@ -790,7 +802,10 @@ async fn children(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let dir = node(&space, &rel);
+    let dir = match node(&space, &rel) {
+        Ok(d) => d,
+        Err(e) => return io_posix(&e),
+    };
     let names = match std::fs::symlink_metadata(&dir) {
         Err(e) => return io_posix(&e),
         Ok(m) if !m.is_dir() => return posix("enotdir"),
@@ -832,7 +847,7 @@ async fn children(
     let mut out = Vec::with_capacity(end - start);
     for n in &names[start..end] {
         // An entry that vanished between read_dir and stat is left out, as on a live system.
-        if let Ok(all) = all_attrs(&space, &join_rel(&rel, n)) {
+        if let Ok(all) = all_attrs(&space, &join_rel(&rel, n), &dir.join(n)) {
             out.push(select(&all, &sel));
         }
     }
@@ -879,7 +894,7 @@ async fn by_path(
         Ok(x) => x,
         Err(r) => return r,
     };
-    match std::fs::metadata(node(&space, &base)) {
+    match node(&space, &base).and_then(std::fs::symlink_metadata) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return posix("enotdir"),
         Err(e) => return io_posix(&e),
@@ -922,9 +937,8 @@ fn resolve_link(st: &St, space: &Space, rel: &str, target: &str) -> Option<(Spac
 async fn serve_node(st: &St, mut space: Space, mut rel: String, follow: bool, headers: &HeaderMap) -> Response {
     let mut hops = 0;
     loop {
-        let path = node(&space, &rel);
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
+        let (path, meta) = match node(&space, &rel).and_then(|p| Ok((p.clone(), std::fs::symlink_metadata(p)?))) {
+            Ok(x) => x,
             Err(e) => return io_posix(&e),
         };
         if meta.file_type().is_symlink() {
@@ -1230,17 +1244,19 @@ fn add_tree(
     follow: bool,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let path = node(space, rel);
+    let path = node(space, rel)?;
     let meta = std::fs::symlink_metadata(&path)?;
     if meta.file_type().is_symlink() {
         let target = std::fs::read_link(&path)?.to_string_lossy().to_string();
         if follow {
             // A link to a readable file becomes that file; anything else is omitted.
+            // Chains of links are not followed here (a second hop could leave the root).
             if let Some((s, r)) = resolve_link(st, space, rel, &target)
-                && let Ok(m) = std::fs::metadata(node(&s, &r))
+                && let Ok(p) = node(&s, &r)
+                && let Ok(m) = std::fs::symlink_metadata(&p)
                 && m.is_file()
                 && m.permissions().mode() & 0o400 != 0
-                && let Ok(f) = std::fs::File::open(node(&s, &r))
+                && let Ok(f) = std::fs::File::open(&p)
             {
                 let mut h = header_for(&m, tar::EntryType::Regular, m.len());
                 b.append_data(&mut h, in_tar, f)?;
