@@ -505,7 +505,7 @@ enum AttrSel {
 /// Every attribute of one node, current names.
 fn all_attrs(space: &Space, rel: &str, path: &Path) -> std::io::Result<serde_json::Map<String, Value>> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(&path)?;
+    let meta = std::fs::symlink_metadata(path)?;
     let ft = meta.file_type();
     let kind = if ft.is_symlink() {
         "SYMLNK"
