@@ -171,6 +171,12 @@ impl SourceConfig {
             SourceConfig::Onedata(_) => "onedata",
         }
     }
+    /// Whether the section holds a secret written inline (the file must then be private).
+    pub fn has_inline_secret(&self) -> bool {
+        match self {
+            SourceConfig::Http(c) => c.has_inline_secret(),
+        }
+    }
 }
 
 /// Validated cache settings.

@@ -1,4 +1,5 @@
 //! fetchfs mounts remote file-download APIs as read-only directories.
+pub mod cache;
 pub mod config;
 pub mod emulate;
 pub mod error;
@@ -7,3 +8,8 @@ pub mod http;
 pub mod metrics;
 pub mod provider;
 pub mod source;
+pub mod fuse;
+pub mod mount;
+pub mod notify;
+pub mod cli;
+pub mod demo;
