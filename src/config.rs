@@ -175,6 +175,7 @@ impl SourceConfig {
     pub fn has_inline_secret(&self) -> bool {
         match self {
             SourceConfig::Http(c) => c.has_inline_secret(),
+            SourceConfig::Onedata(c) => c.has_inline_secret(),
         }
     }
 }
