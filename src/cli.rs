@@ -128,7 +128,9 @@ impl MountArgs {
             ([mp], Some(_)) => Ok((None, PathBuf::from(mp))),
             ([url, mp], None) => Ok((Some(url.clone()), PathBuf::from(mp))),
             ([_, _], Some(_)) => Err(ConfigError::new("give either a URL or --config, not both")),
-            ([_], None) => Err(ConfigError::new("missing MOUNTPOINT: use `fetchfs mount URL MOUNTPOINT` or `fetchfs mount --config FILE MOUNTPOINT`")),
+            ([_], None) => Err(ConfigError::new(
+                "missing MOUNTPOINT: use `fetchfs mount URL MOUNTPOINT` or `fetchfs mount --config FILE MOUNTPOINT`",
+            )),
             _ => Err(ConfigError::new("expected URL MOUNTPOINT or --config FILE MOUNTPOINT")),
         }
     }
@@ -139,22 +141,44 @@ impl MountArgs {
         let (mut file, base_dir, single, fsname) = match (&url, &self.config) {
             (Some(u), _) => {
                 let sc = crate::provider::from_url(u, "root")?;
-                (ConfigFile { sources: vec![sc], ..ConfigFile::default() }, PathBuf::from("."), true, format!("fetchfs:{}", redact_url(u)))
+                (
+                    ConfigFile {
+                        sources: vec![sc],
+                        ..ConfigFile::default()
+                    },
+                    PathBuf::from("."),
+                    true,
+                    format!("fetchfs:{}", redact_url(u)),
+                )
             }
             (None, Some(path)) => {
                 let f = ConfigFile::load(path)?;
-                let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+                let base = path
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from("."));
                 let has_secret = f.sources.iter().any(crate::config::SourceConfig::has_inline_secret);
                 crate::config::check_file_permissions(path, has_secret)?;
                 if f.sources.is_empty() {
-                    return Err(ConfigError::new(format!("{}: no [[source]] section: nothing to mount", path.display())));
+                    return Err(ConfigError::new(format!(
+                        "{}: no [[source]] section: nothing to mount",
+                        path.display()
+                    )));
                 }
                 (f, base, false, format!("fetchfs:{}", path.display()))
             }
             (None, None) => unreachable!("split_targets checked"),
         };
-        let set_size = |v: &str, key: &str| parse_size(v).map(crate::config::ByteSize).map_err(|e| ConfigError::new(format!("{key}: {e}")));
-        let set_dur = |v: &str, key: &str| parse_duration(v).map(crate::config::Dur).map_err(|e| ConfigError::new(format!("{key}: {e}")));
+        let set_size = |v: &str, key: &str| {
+            parse_size(v)
+                .map(crate::config::ByteSize)
+                .map_err(|e| ConfigError::new(format!("{key}: {e}")))
+        };
+        let set_dur = |v: &str, key: &str| {
+            parse_duration(v)
+                .map(crate::config::Dur)
+                .map_err(|e| ConfigError::new(format!("{key}: {e}")))
+        };
         if self.allow_other {
             file.mount.allow_other = Some(true);
         }
@@ -180,15 +204,30 @@ impl MountArgs {
             file.network.io_timeout = Some(set_dur(v, "--io-timeout")?);
         }
         for (k, v) in split_options(&self.options) {
-            let need = |v: &Option<String>| v.clone().ok_or_else(|| ConfigError::new(format!("-o {k} needs a value ({k}=...)")));
+            let need = |v: &Option<String>| {
+                v.clone()
+                    .ok_or_else(|| ConfigError::new(format!("-o {k} needs a value ({k}=...)")))
+            };
             match k.as_str() {
                 "allow_other" => file.mount.allow_other = Some(true),
-                "ro" | "nosuid" | "nodev" | "noexec" | "exec" | "suid" | "dev" | "auto" | "noauto" | "user" | "nouser"
-                | "users" | "_netdev" | "nofail" | "defaults" | "noatime" | "relatime" | "atime" => {}
+                "ro" | "nosuid" | "nodev" | "noexec" | "exec" | "suid" | "dev" | "auto" | "noauto" | "user"
+                | "nouser" | "users" | "_netdev" | "nofail" | "defaults" | "noatime" | "relatime" | "atime" => {}
                 k if k.starts_with("x-systemd.") || k.starts_with("comment=") => {}
                 "rw" => return Err(ConfigError::new("-o rw: fetchfs mounts are read-only")),
-                "uid" => file.mount.uid = Some(need(&v)?.parse().map_err(|_| ConfigError::new("-o uid= needs a number"))?),
-                "gid" => file.mount.gid = Some(need(&v)?.parse().map_err(|_| ConfigError::new("-o gid= needs a number"))?),
+                "uid" => {
+                    file.mount.uid = Some(
+                        need(&v)?
+                            .parse()
+                            .map_err(|_| ConfigError::new("-o uid= needs a number"))?,
+                    )
+                }
+                "gid" => {
+                    file.mount.gid = Some(
+                        need(&v)?
+                            .parse()
+                            .map_err(|_| ConfigError::new("-o gid= needs a number"))?,
+                    )
+                }
                 "memory" | "cache_memory" => file.cache.memory = Some(set_size(&need(&v)?, "-o memory")?),
                 "block_size" => file.cache.block_size = Some(set_size(&need(&v)?, "-o block_size")?),
                 "read_ahead" => file.cache.read_ahead = Some(set_size(&need(&v)?, "-o read_ahead")?),
@@ -230,7 +269,15 @@ mod tests {
 
     #[test]
     fn url_and_mountpoint_give_a_single_http_source() {
-        let m = parse(&["mount", "http://127.0.0.1:1/data/", "/mnt/x", "--cache-memory", "64MiB", "-o", "allow_other,uid=7"]);
+        let m = parse(&[
+            "mount",
+            "http://127.0.0.1:1/data/",
+            "/mnt/x",
+            "--cache-memory",
+            "64MiB",
+            "-o",
+            "allow_other,uid=7",
+        ]);
         let (cfg, single, fsname) = m.to_config().unwrap();
         assert!(single);
         assert_eq!(cfg.cache.memory, 64 << 20);
@@ -243,13 +290,19 @@ mod tests {
     fn bad_inputs_get_one_sentence() {
         let e = parse(&["mount", "ftp://x/", "/mnt"]).to_config().unwrap_err();
         assert!(e.0.contains("ftp"), "{e}");
-        let e = parse(&["mount", "http://x/", "/mnt", "-o", "frobnicate"]).to_config().unwrap_err();
+        let e = parse(&["mount", "http://x/", "/mnt", "-o", "frobnicate"])
+            .to_config()
+            .unwrap_err();
         assert!(e.0.contains("frobnicate"), "{e}");
         let e = parse(&["mount", "/mnt"]).to_config().unwrap_err();
         assert!(e.0.contains("MOUNTPOINT"), "{e}");
-        let e = parse(&["mount", "http://x/", "/mnt", "--cache-memory", "huge"]).to_config().unwrap_err();
+        let e = parse(&["mount", "http://x/", "/mnt", "--cache-memory", "huge"])
+            .to_config()
+            .unwrap_err();
         assert!(e.0.contains("--cache-memory"), "{e}");
-        let e = parse(&["mount", "http://x/", "/mnt", "-o", "rw"]).to_config().unwrap_err();
+        let e = parse(&["mount", "http://x/", "/mnt", "-o", "rw"])
+            .to_config()
+            .unwrap_err();
         assert!(e.0.contains("read-only"), "{e}");
     }
 

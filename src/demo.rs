@@ -15,10 +15,22 @@ use crate::mount::{MountError, after_mount, build_sources, mount_core, wait_for_
 pub fn write_http_samples(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir.join("docs/guides"))?;
     std::fs::create_dir_all(dir.join("data"))?;
-    std::fs::write(dir.join("hello.txt"), "Hello from fetchfs! This file came over HTTP through a block cache.\n")?;
-    std::fs::write(dir.join("docs/README.md"), "# Sample docs\n\nServed by `fetchfs emulate http`.\n")?;
-    std::fs::write(dir.join("docs/guides/mounting.txt"), "fetchfs mount http://host/dir/ /mnt/x\n")?;
-    std::fs::write(dir.join("docs/name with spaces & ümlauts.txt"), "odd names survive percent-encoding\n")?;
+    std::fs::write(
+        dir.join("hello.txt"),
+        "Hello from fetchfs! This file came over HTTP through a block cache.\n",
+    )?;
+    std::fs::write(
+        dir.join("docs/README.md"),
+        "# Sample docs\n\nServed by `fetchfs emulate http`.\n",
+    )?;
+    std::fs::write(
+        dir.join("docs/guides/mounting.txt"),
+        "fetchfs mount http://host/dir/ /mnt/x\n",
+    )?;
+    std::fs::write(
+        dir.join("docs/name with spaces & ümlauts.txt"),
+        "odd names survive percent-encoding\n",
+    )?;
     let mut state = 0x2545F4914F6CDD1Du64;
     for (name, size) in [("data/small.bin", 100_000usize), ("data/sample-16MiB.bin", 16 << 20)] {
         let mut buf = vec![0u8; size];
@@ -53,7 +65,10 @@ fn run_inner(mountpoint: &Path, once: bool, data: &Path) -> Result<(), MountErro
         .map_err(|e| MountError(format!("cannot start the runtime: {e}")))?;
     let result = rt.block_on(async {
         let (servers, sources) = start_emulators(data).await?;
-        let cfg = Config { sources, ..Config::default() };
+        let cfg = Config {
+            sources,
+            ..Config::default()
+        };
         let mounted = build_sources(&cfg).await?;
         let core = FsCore::new(CoreConfig::from_config(&cfg), mounted, false);
         let running = mount_core(core, &rt, &mountpoint, &cfg, "fetchfs:demo")?;
@@ -62,7 +77,9 @@ fn run_inner(mountpoint: &Path, once: bool, data: &Path) -> Result<(), MountErro
         print_intro(&mountpoint, &servers, &names);
         if once {
             let mp = mountpoint.clone();
-            let listing = tokio::task::spawn_blocking(move || list_tree(&mp)).await.unwrap_or_default();
+            let listing = tokio::task::spawn_blocking(move || list_tree(&mp))
+                .await
+                .unwrap_or_default();
             println!("{listing}");
             // Same path as Ctrl-C: unmount through a signal to ourselves.
             // SAFETY: raising SIGTERM at our own process, which the handler below catches.
@@ -97,13 +114,19 @@ async fn start_emulators(data: &Path) -> Result<(Vec<(String, Server)>, Vec<Sour
         .await
         .map_err(|e| MountError(format!("cannot start the HTTP emulator: {e}")))?;
     let url = format!("{}/", server.base_url());
-    sources.push(SourceConfig::Http(crate::provider::http::HttpConfig::from_url(&url, "http")?));
+    sources.push(SourceConfig::Http(crate::provider::http::HttpConfig::from_url(
+        &url, "http",
+    )?));
     servers.push(("http".to_string(), server));
     Ok((servers, sources))
 }
 
 fn print_intro(mp: &Path, servers: &[(String, Server)], names: &[String]) {
-    println!("fetchfs demo: {} emulator(s) on 127.0.0.1, mounted read-only at {}", servers.len(), mp.display());
+    println!(
+        "fetchfs demo: {} emulator(s) on 127.0.0.1, mounted read-only at {}",
+        servers.len(),
+        mp.display()
+    );
     for (name, s) in servers {
         println!("  {:<8} {}  ->  {}/{}", name, s.base_url(), mp.display(), name);
     }

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request,
 };
 use tracing::Instrument;
 
@@ -112,7 +112,9 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let Some(name) = name_str(name) else { return reply.error(Errno::ENOENT) };
+        let Some(name) = name_str(name) else {
+            return reply.error(Errno::ENOENT);
+        };
         let core = self.core.clone();
         let ttl = self.ttl();
         let span = tracing::debug_span!("lookup", parent = parent.0, name = %name);
@@ -153,7 +155,11 @@ impl Filesystem for FuseFs {
         self.spawn(tracing::debug_span!("open", ino = ino.0), async move {
             match core.open(ino.0).await {
                 Ok((fh, keep)) => {
-                    let f = if keep { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                    let f = if keep {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
                     reply.opened(FileHandle(fh), f)
                 }
                 Err(e) => reply.error(fail("open", &e)),
@@ -227,7 +233,14 @@ impl Filesystem for FuseFs {
             match core.readdir(ino.0, offset, READDIR_BATCH).await {
                 Ok(items) => {
                     for it in items {
-                        if reply.add(INodeNo(it.attr.ino), it.next, &it.name, &ttl, &file_attr(&it.attr), Generation(0)) {
+                        if reply.add(
+                            INodeNo(it.attr.ino),
+                            it.next,
+                            &it.name,
+                            &ttl,
+                            &file_attr(&it.attr),
+                            Generation(0),
+                        ) {
                             break;
                         }
                     }
@@ -244,7 +257,9 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let Some(name) = name_str(name) else { return reply.error(Errno::ENODATA) };
+        let Some(name) = name_str(name) else {
+            return reply.error(Errno::ENODATA);
+        };
         match self.core.getxattr(ino.0, &name) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() <= size as usize => reply.data(&v),
@@ -348,16 +363,7 @@ impl Filesystem for FuseFs {
         reply.error(Errno::EROFS);
     }
 
-    fn create(
-        &self,
-        _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _f: i32,
-        reply: fuser::ReplyCreate,
-    ) {
+    fn create(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _f: i32, reply: fuser::ReplyCreate) {
         reply.error(Errno::EROFS);
     }
 

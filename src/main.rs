@@ -22,7 +22,10 @@ fn init_logging(cli: &Cli, default: &str) {
                 builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init();
                 return;
             }
-            Err(e) => eprintln!("fetchfs: cannot open log file {}: {e}; logging to stderr", path.display()),
+            Err(e) => eprintln!(
+                "fetchfs: cannot open log file {}: {e}; logging to stderr",
+                path.display()
+            ),
         }
     }
     builder.with_writer(std::io::stderr).init();
@@ -63,7 +66,12 @@ fn mount(args: &fetchfs::cli::MountArgs) -> Result<(), String> {
         let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         return fetchfs::mount::run_background(&argv).map_err(|e| e.to_string());
     }
-    let req = fetchfs::mount::MountRequest { config, mountpoint, single_root, fsname };
+    let req = fetchfs::mount::MountRequest {
+        config,
+        mountpoint,
+        single_root,
+        fsname,
+    };
     fetchfs::mount::run_foreground(req).map_err(|e| e.to_string())
 }
 
@@ -82,7 +90,10 @@ fn emulate(p: &EmulateProvider) -> Result<(), String> {
                 ("http", s)
             }
         };
-        println!("fetchfs {name} emulator serving on {}/ (Ctrl-C to stop)", server.base_url());
+        println!(
+            "fetchfs {name} emulator serving on {}/ (Ctrl-C to stop)",
+            server.base_url()
+        );
         let _ = tokio::signal::ctrl_c().await;
         server.stop().await;
         Ok(())

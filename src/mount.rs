@@ -62,34 +62,53 @@ pub fn check_mountpoint(mp: &Path) -> Result<PathBuf, MountError> {
     if !meta.is_dir() {
         return Err(MountError(format!("mountpoint {} is not a directory", mp.display())));
     }
-    let canon = std::fs::canonicalize(mp).map_err(|e| MountError(format!("cannot resolve mountpoint {}: {e}", mp.display())))?;
+    let canon = std::fs::canonicalize(mp)
+        .map_err(|e| MountError(format!("cannot resolve mountpoint {}: {e}", mp.display())))?;
     if is_mountpoint(&canon) {
-        return Err(MountError(format!("mountpoint {} is busy: something is already mounted there", canon.display())));
+        return Err(MountError(format!(
+            "mountpoint {} is busy: something is already mounted there",
+            canon.display()
+        )));
     }
     Ok(canon)
 }
 
 /// Whether `path` (canonical) is listed in /proc/self/mountinfo.
 pub fn is_mountpoint(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = path.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(&*want))
+    info.lines()
+        .any(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(&*want))
 }
 
 fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// Builds every source of `cfg` and fetches its root.
 pub async fn build_sources(cfg: &Config) -> Result<Vec<Mounted>, MountError> {
-    let ctx = BuildContext { http: cfg.http.clone(), base_dir: cfg.base_dir.clone(), block_size: cfg.cache.block_size };
+    let ctx = BuildContext {
+        http: cfg.http.clone(),
+        base_dir: cfg.base_dir.clone(),
+        block_size: cfg.cache.block_size,
+    };
     let mut out = Vec::new();
     for sc in &cfg.sources {
         let name = sc.name().to_string();
         let source = crate::provider::build(sc, &ctx).await?;
         let limit = cfg.http.op_timeout + Duration::from_secs(5);
         let root = match tokio::time::timeout(limit, source.root()).await {
-            Err(_) => return Err(MountError(format!("source '{name}' ({}) did not answer within {limit:?}", sc.kind()))),
+            Err(_) => {
+                return Err(MountError(format!(
+                    "source '{name}' ({}) did not answer within {limit:?}",
+                    sc.kind()
+                )));
+            }
             Ok(Err(e)) => return Err(MountError(format!("source '{name}' ({}): {e}", sc.kind()))),
             Ok(Ok(r)) => r,
         };
@@ -174,7 +193,11 @@ pub fn mount_core(
         MountOption::FSName(fsname.to_string()),
         MountOption::Subtype("fetchfs".to_string()),
     ];
-    fc.acl = if cfg.allow_other { SessionACL::All } else { SessionACL::Owner };
+    fc.acl = if cfg.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     // Requests are only parsed and handed to tokio on these threads; two keep the kernel queue
     // drained while one is busy copying a 1 MiB reply.
     fc.n_threads = Some(2);
@@ -210,11 +233,19 @@ pub fn mount_core(
 /// Waits until the mount answers, then tunes the kernel readahead.
 pub async fn after_mount(mountpoint: &Path, cfg: &Config) -> Result<(), MountError> {
     let mp = mountpoint.to_path_buf();
-    let meta = tokio::time::timeout(Duration::from_secs(30), tokio::task::spawn_blocking(move || std::fs::metadata(&mp)))
-        .await
-        .map_err(|_| MountError(format!("the mount at {} did not answer within 30 s", mountpoint.display())))?
-        .map_err(|e| MountError(format!("mount check failed: {e}")))?
-        .map_err(|e| MountError(format!("the mount at {} does not answer: {e}", mountpoint.display())))?;
+    let meta = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || std::fs::metadata(&mp)),
+    )
+    .await
+    .map_err(|_| {
+        MountError(format!(
+            "the mount at {} did not answer within 30 s",
+            mountpoint.display()
+        ))
+    })?
+    .map_err(|e| MountError(format!("mount check failed: {e}")))?
+    .map_err(|e| MountError(format!("the mount at {} does not answer: {e}", mountpoint.display())))?;
     if cfg.cache.read_ahead > 0 {
         set_read_ahead(&meta, cfg.cache.read_ahead);
     }
@@ -277,7 +308,10 @@ pub fn run_background(args: &[std::ffi::OsString]) -> Result<(), MountError> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: fds is a valid array of two ints.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(MountError(format!("cannot create a pipe: {}", std::io::Error::last_os_error())));
+        return Err(MountError(format!(
+            "cannot create a pipe: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     let (rfd, wfd) = (fds[0], fds[1]);
     let exe = std::env::current_exe().map_err(|e| MountError(format!("cannot find my own executable: {e}")))?;
@@ -296,7 +330,9 @@ pub fn run_background(args: &[std::ffi::OsString]) -> Result<(), MountError> {
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| MountError(format!("cannot start the daemon: {e}")))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| MountError(format!("cannot start the daemon: {e}")))?;
     // SAFETY: closing our copy of the write end so EOF arrives if the child dies.
     unsafe { libc::close(wfd) };
     // SAFETY: we own rfd.

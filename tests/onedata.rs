@@ -896,3 +896,166 @@ async fn ten_thousand_entries_are_listed_completely() {
         env.count("/children") / 2
     );
 }
+
+// ---- real FUSE mounts ---------------------------------------------------------------------
+
+/// Unmounts (lazily, so a failing test never leaves a busy mount behind) when dropped.
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+fn can_mount() -> bool {
+    // SAFETY: getuid cannot fail.
+    let root = unsafe { libc::getuid() } == 0;
+    root && Path::new("/dev/fuse").exists()
+}
+
+fn sh(cmd: &str, args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn getxattr(path: &Path, name: &str) -> Option<String> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the stated length.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (len >= 0).then(|| String::from_utf8_lossy(&buf[..len as usize]).to_string())
+}
+
+#[test]
+fn a_mounted_onedata_tree_copies_byte_exact_with_cp_and_sha1sum() {
+    if !can_mount() {
+        eprintln!("skipped: mounting needs root and /dev/fuse");
+        return;
+    }
+    eprintln!("mounting through FUSE");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path();
+    write(d, "sp/big.bin", &pattern(5 << 20));
+    write(d, "sp/dir/a.txt", b"alpha\n");
+    write(d, "sp/dir/sub/b.bin", &pattern(70_000));
+    write(d, "sp/dir/empty", b"");
+    write(d, "sp/secret.txt", b"hidden");
+    for i in 0..1_500 {
+        write(d, &format!("sp/many/n{i:04}"), format!("{i}").as_bytes());
+    }
+    std::os::unix::fs::symlink("dir/a.txt", d.join("sp/link")).unwrap();
+    write(d, "twin@1/one.txt", b"1");
+    write(d, "twin@2/two.txt", b"2");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.join("sp/secret.txt"), std::fs::Permissions::from_mode(0o000)).unwrap();
+
+    let emu = emu::router(
+        d,
+        OnedataEmuOptions {
+            token: TOKEN.into(),
+            behaviour: OnedataBehaviour {
+                short_pages: true,
+                ..OnedataBehaviour::default()
+            },
+        },
+    );
+    let server = rt.block_on(serve(emu.router, 0, emu.harness)).unwrap();
+    let mut cfg = fetchfs::config::Config::default();
+    cfg.http = ctx().http;
+    cfg.sources = vec![SourceConfig::Onedata(OnedataConfig {
+        name: "od".into(),
+        endpoint: server.base_url(),
+        token: Some(TOKEN.into()),
+        token_file: None,
+        space: None,
+        path: None,
+    })];
+    let sources = rt.block_on(fetchfs::mount::build_sources(&cfg)).unwrap();
+    let core = fetchfs::fs::FsCore::new(fetchfs::fs::CoreConfig::from_config(&cfg), sources, false);
+    let mnt = tempfile::tempdir().unwrap();
+    let mp = mnt.path().to_path_buf();
+    let running = fetchfs::mount::mount_core(core, &rt, &mp, &cfg, "fetchfs:onedata-test").unwrap();
+    let guard = MountGuard(mp.clone());
+    rt.block_on(fetchfs::mount::after_mount(&mp, &cfg)).unwrap();
+
+    let od = mp.join("od");
+    // Spaces as directories, twins disambiguated by space id.
+    let mut spaces: Vec<String> = std::fs::read_dir(&od)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    spaces.sort();
+    assert_eq!(spaces.len(), 3, "{spaces:?}");
+    assert_eq!(spaces[0], "sp");
+    assert!(
+        spaces[1].starts_with("twin@") && spaces[2].starts_with("twin@"),
+        "{spaces:?}"
+    );
+
+    // cp -r and compare every byte; sha1sum through the mount matches the original.
+    let copy = tempfile::tempdir().unwrap();
+    sh(
+        "cp",
+        &["-r", od.join("sp/dir").to_str().unwrap(), copy.path().to_str().unwrap()],
+    );
+    for f in ["a.txt", "sub/b.bin", "empty"] {
+        assert_eq!(
+            std::fs::read(copy.path().join("dir").join(f)).unwrap(),
+            std::fs::read(d.join("sp/dir").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let sum = |p: &Path| String::from_utf8(sh("sha1sum", &[p.to_str().unwrap()]).stdout).unwrap()[..40].to_string();
+    assert_eq!(sum(&od.join("sp/big.bin")), sum(&d.join("sp/big.bin")));
+    // dd at an offset.
+    let out = sh(
+        "dd",
+        &[
+            &format!("if={}", od.join("sp/big.bin").display()),
+            "bs=4096",
+            "skip=300",
+            "count=3",
+            "status=none",
+        ],
+    );
+    assert_eq!(out.stdout, pattern(5 << 20)[300 * 4096..303 * 4096].to_vec());
+
+    // Listing with short pages is complete; modes lose their write bits; links read back.
+    assert_eq!(std::fs::read_dir(od.join("sp/many")).unwrap().count(), 1_500);
+    let meta = std::fs::metadata(od.join("sp/dir/a.txt")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o444);
+    assert_eq!(meta.len(), 6);
+    assert_eq!(
+        std::fs::read_link(od.join("sp/link")).unwrap(),
+        PathBuf::from("dir/a.txt")
+    );
+    assert_eq!(std::fs::read(od.join("sp/link")).unwrap(), b"alpha\n");
+    assert!(getxattr(&od.join("sp/dir/a.txt"), "user.onedata.file_id").is_some_and(|v| !v.is_empty()));
+    assert!(getxattr(&od.join("sp/dir/a.txt"), "user.onedata.space_id").is_some_and(|v| v.len() == 32));
+
+    // Errors reach the shell as errno: EACCES for a refused read, ENOENT for a missing name.
+    let e = std::fs::read(od.join("sp/secret.txt")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    let e = std::fs::read(od.join("sp/nope")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+
+    drop(guard);
+    drop(running);
+    assert!(!fetchfs::mount::is_mountpoint(&mp), "the mount is gone");
+    drop(server);
+    rt.shutdown_timeout(Duration::from_secs(2));
+}

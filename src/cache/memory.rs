@@ -138,7 +138,12 @@ impl BlockCache {
 
     pub fn stats(&self) -> MemStats {
         let g = self.inner.lock().unwrap();
-        MemStats { cached_bytes: g.cached, reserved_bytes: g.reserved, blocks: g.lru.len() as u64, budget: self.budget }
+        MemStats {
+            cached_bytes: g.cached,
+            reserved_bytes: g.reserved,
+            blocks: g.lru.len() as u64,
+            budget: self.budget,
+        }
     }
 
     fn block_len(&self, file: &FileCtx, index: u64) -> u64 {
@@ -148,13 +153,19 @@ impl BlockCache {
 
     /// A cached block, touching it in the LRU.
     pub fn get(&self, file: &FileCtx, index: u64) -> Option<Bytes> {
-        let id = BlockId { file: file.key.clone(), index };
+        let id = BlockId {
+            file: file.key.clone(),
+            index,
+        };
         self.inner.lock().unwrap().lru.get(&id).cloned()
     }
 
     /// Whether a block is cached or being fetched.
     pub fn present(&self, file: &FileCtx, index: u64) -> bool {
-        let id = BlockId { file: file.key.clone(), index };
+        let id = BlockId {
+            file: file.key.clone(),
+            index,
+        };
         let g = self.inner.lock().unwrap();
         g.lru.contains(&id) || g.inflight.contains_key(&id)
     }
@@ -174,7 +185,10 @@ impl BlockCache {
             }
             let block = data.slice(start as usize..(start + len) as usize);
             let mut g = self.inner.lock().unwrap();
-            let id = BlockId { file: file.key.clone(), index: idx };
+            let id = BlockId {
+                file: file.key.clone(),
+                index: idx,
+            };
             if !g.lru.contains(&id) && !g.inflight.contains_key(&id) {
                 self.make_room(&mut g, len);
                 g.cached += len;
@@ -188,7 +202,12 @@ impl BlockCache {
     /// Drops every cached block of `key` (a failed checksum or a changed version).
     pub fn drop_file(&self, key: &FileKey) {
         let mut g = self.inner.lock().unwrap();
-        let doomed: Vec<BlockId> = g.lru.iter().filter(|(k, _)| *k.file == *key).map(|(k, _)| k.clone()).collect();
+        let doomed: Vec<BlockId> = g
+            .lru
+            .iter()
+            .filter(|(k, _)| *k.file == *key)
+            .map(|(k, _)| k.clone())
+            .collect();
         for id in doomed {
             if let Some(b) = g.lru.pop(&id) {
                 g.cached -= b.len() as u64;
@@ -219,18 +238,28 @@ impl BlockCache {
         }
         let nblocks = file.blocks(self.block_size);
         let (first, last) = if file.reader.ranges() {
-            (range.start / self.block_size, (range.end.min(file.size) - 1) / self.block_size)
+            (
+                range.start / self.block_size,
+                (range.end.min(file.size) - 1) / self.block_size,
+            )
         } else {
             // Whole-file sources: one download fills every block.
             (0, nblocks - 1)
         };
-        let per_request = if file.reader.ranges() { (self.max_request / self.block_size).max(1) } else { nblocks };
+        let per_request = if file.reader.ranges() {
+            (self.max_request / self.block_size).max(1)
+        } else {
+            nblocks
+        };
         let mut runs: Vec<(u64, u64, Vec<watch::Sender<Option<Result<Bytes>>>>, u64)> = Vec::new();
         {
             let mut g = self.inner.lock().unwrap();
             let mut idx = first;
             while idx <= last {
-                let id = BlockId { file: file.key.clone(), index: idx };
+                let id = BlockId {
+                    file: file.key.clone(),
+                    index: idx,
+                };
                 if g.lru.contains(&id) || g.inflight.contains_key(&id) {
                     if prio == Priority::Demand {
                         g.lru.promote(&id);
@@ -242,8 +271,14 @@ impl BlockCache {
                 let mut end = idx;
                 while end <= last
                     && end - idx < per_request
-                    && !g.inflight.contains_key(&BlockId { file: file.key.clone(), index: end })
-                    && !g.lru.contains(&BlockId { file: file.key.clone(), index: end })
+                    && !g.inflight.contains_key(&BlockId {
+                        file: file.key.clone(),
+                        index: end,
+                    })
+                    && !g.lru.contains(&BlockId {
+                        file: file.key.clone(),
+                        index: end,
+                    })
                 {
                     end += 1;
                 }
@@ -268,7 +303,13 @@ impl BlockCache {
                 let mut senders = Vec::with_capacity((end - idx) as usize);
                 for i in idx..end {
                     let (tx, rx) = watch::channel(None);
-                    g.inflight.insert(BlockId { file: file.key.clone(), index: i }, rx);
+                    g.inflight.insert(
+                        BlockId {
+                            file: file.key.clone(),
+                            index: i,
+                        },
+                        rx,
+                    );
                     senders.push(tx);
                 }
                 runs.push((idx, end, senders, if prio == Priority::Prefetch { bytes } else { 0 }));
@@ -286,7 +327,10 @@ impl BlockCache {
     /// The bytes of block `index`, fetching it if needed, waiting at most the I/O timeout.
     pub async fn block(self: &Arc<Self>, file: &Arc<FileCtx>, index: u64) -> Result<Bytes> {
         let deadline = Instant::now() + self.io_timeout + Duration::from_secs(5);
-        let id = BlockId { file: file.key.clone(), index };
+        let id = BlockId {
+            file: file.key.clone(),
+            index,
+        };
         loop {
             let slot = {
                 let mut g = self.inner.lock().unwrap();
@@ -299,7 +343,11 @@ impl BlockCache {
             let mut rx = match slot {
                 Some(rx) => rx,
                 None => {
-                    self.ensure(file, index * self.block_size..index * self.block_size + 1, Priority::Demand);
+                    self.ensure(
+                        file,
+                        index * self.block_size..index * self.block_size + 1,
+                        Priority::Demand,
+                    );
                     continue;
                 }
             };
@@ -342,7 +390,10 @@ impl BlockCache {
             .await;
             let mut stream = match stream {
                 Err(_) => {
-                    failure = Some(SourceError::Timeout(self.io_timeout, format!("fetching {}", file.key.remote)));
+                    failure = Some(SourceError::Timeout(
+                        self.io_timeout,
+                        format!("fetching {}", file.key.remote),
+                    ));
                     break;
                 }
                 Ok(Err(e)) => {
@@ -362,7 +413,13 @@ impl BlockCache {
                             pos += take as u64;
                             if cur.len() == blen {
                                 let done = std::mem::replace(&mut cur, BytesMut::new()).freeze();
-                                self.complete(&file, next_block, done, &senders[(next_block - first) as usize], prefetch_bytes > 0);
+                                self.complete(
+                                    &file,
+                                    next_block,
+                                    done,
+                                    &senders[(next_block - first) as usize],
+                                    prefetch_bytes > 0,
+                                );
                                 next_block += 1;
                                 if next_block < end {
                                     cur.reserve(self.block_len(&file, next_block) as usize);
@@ -401,7 +458,10 @@ impl BlockCache {
         for i in next_block..end {
             let len = self.block_len(&file, i);
             g.reserved -= len;
-            g.inflight.remove(&BlockId { file: file.key.clone(), index: i });
+            g.inflight.remove(&BlockId {
+                file: file.key.clone(),
+                index: i,
+            });
             let _ = senders[(i - first) as usize].send(Some(Err(err.clone())));
         }
         if prefetch_bytes > 0 {
@@ -416,10 +476,20 @@ impl BlockCache {
         senders.clear();
     }
 
-    fn complete(&self, file: &FileCtx, index: u64, data: Bytes, tx: &watch::Sender<Option<Result<Bytes>>>, prefetch: bool) {
+    fn complete(
+        &self,
+        file: &FileCtx,
+        index: u64,
+        data: Bytes,
+        tx: &watch::Sender<Option<Result<Bytes>>>,
+        prefetch: bool,
+    ) {
         let len = data.len() as u64;
         let mut g = self.inner.lock().unwrap();
-        let id = BlockId { file: file.key.clone(), index };
+        let id = BlockId {
+            file: file.key.clone(),
+            index,
+        };
         g.inflight.remove(&id);
         g.reserved -= len;
         if prefetch {

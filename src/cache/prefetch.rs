@@ -51,7 +51,12 @@ pub struct Prefetcher {
 
 impl Prefetcher {
     pub fn new(max_window: u64) -> Prefetcher {
-        Prefetcher { expected: None, window: 0, max_window: max_window.max(INITIAL_WINDOW), scheduled_to: 0 }
+        Prefetcher {
+            expected: None,
+            window: 0,
+            max_window: max_window.max(INITIAL_WINDOW),
+            scheduled_to: 0,
+        }
     }
 
     /// Current window (0 while random).
@@ -67,7 +72,11 @@ impl Prefetcher {
             Some(exp) => offset.abs_diff(exp) <= SEQ_SLACK,
         };
         if sequential {
-            self.window = if self.window == 0 { INITIAL_WINDOW } else { (self.window * 2).min(self.max_window) };
+            self.window = if self.window == 0 {
+                INITIAL_WINDOW
+            } else {
+                (self.window * 2).min(self.max_window)
+            };
         } else {
             self.window = 0;
             self.scheduled_to = 0;
@@ -78,14 +87,20 @@ impl Prefetcher {
             _ => end,
         });
         if self.window == 0 {
-            return Plan { direct: true, prefetch: 0..0 };
+            return Plan {
+                direct: true,
+                prefetch: 0..0,
+            };
         }
         let from = self.scheduled_to.max(offset);
         let to = (offset + self.window).min(size);
         if to > from {
             self.scheduled_to = to;
         }
-        Plan { direct: false, prefetch: from..to.max(from) }
+        Plan {
+            direct: false,
+            prefetch: from..to.max(from),
+        }
     }
 }
 

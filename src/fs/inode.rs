@@ -53,7 +53,11 @@ impl InodeTable {
     pub fn new(root: Node) -> InodeTable {
         let mut nodes = HashMap::new();
         nodes.insert(ROOT, root);
-        InodeTable { nodes, by_parent: HashMap::new(), next: ROOT + 1 }
+        InodeTable {
+            nodes,
+            by_parent: HashMap::new(),
+            next: ROOT + 1,
+        }
     }
 
     pub fn get(&self, ino: u64) -> Option<&Node> {

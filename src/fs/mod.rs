@@ -181,7 +181,10 @@ impl FsCore {
             bad_version: None,
         };
         let table = if single_root {
-            let root = sources.first().map(|m| m.root.clone()).unwrap_or_else(|| Entry::dir("", ""));
+            let root = sources
+                .first()
+                .map(|m| m.root.clone())
+                .unwrap_or_else(|| Entry::dir("", ""));
             InodeTable::new(root_node(Some(0), root))
         } else {
             let mut root = Entry::dir("", "");
@@ -197,7 +200,11 @@ impl FsCore {
                 children.push((m.name.clone(), ino));
                 by_name.insert(m.name.clone(), ino);
             }
-            t.get_mut(ROOT).unwrap().listing = Some(Listing { children, by_name, fetched: now });
+            t.get_mut(ROOT).unwrap().listing = Some(Listing {
+                children,
+                by_name,
+                fetched: now,
+            });
             t
         };
         Arc::new(FsCore {
@@ -251,7 +258,15 @@ impl FsCore {
             EntryKind::Symlink => e.symlink_target.as_ref().map_or(e.size, |t| t.len() as u64),
             EntryKind::File => e.size,
         };
-        Attr { ino: node.ino, kind: e.kind, size, mtime: e.mtime, perm: perm as u16, uid: self.cfg.uid, gid: self.cfg.gid }
+        Attr {
+            ino: node.ino,
+            kind: e.kind,
+            size,
+            mtime: e.mtime,
+            perm: perm as u16,
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+        }
     }
 
     fn dir_lock(&self, ino: u64) -> Arc<tokio::sync::Mutex<()>> {
@@ -282,7 +297,10 @@ impl FsCore {
                 return Ok(l);
             }
             let node = t.get(ino).ok_or(FsError::NotFound)?;
-            (node.source.expect("synthetic root always has a listing"), node.entry.clone())
+            (
+                node.source.expect("synthetic root always has a listing"),
+                node.entry.clone(),
+            )
         };
         let source = &self.sources[idx];
         let entries = source.source.list(&entry).await?;
@@ -304,7 +322,11 @@ impl FsCore {
             children.push((name.clone(), child));
             by_name.insert(name, child);
         }
-        let listing = Listing { children, by_name, fetched: now };
+        let listing = Listing {
+            children,
+            by_name,
+            fetched: now,
+        };
         let node = t.get_mut(ino).ok_or(FsError::NotFound)?;
         node.listing = Some(listing.clone());
         node.confirmed = now;
@@ -358,18 +380,32 @@ impl FsCore {
         let mut off = offset;
         while out.len() < max {
             let item = match off {
-                0 => DirItem { name: ".".into(), attr: self.attr_of(me), next: 1 },
+                0 => DirItem {
+                    name: ".".into(),
+                    attr: self.attr_of(me),
+                    next: 1,
+                },
                 1 => {
                     let parent = t.get(me.parent).unwrap_or(me);
-                    DirItem { name: "..".into(), attr: self.attr_of(parent), next: 2 }
+                    DirItem {
+                        name: "..".into(),
+                        attr: self.attr_of(parent),
+                        next: 2,
+                    }
                 }
                 n => {
-                    let Some((name, child)) = listing.children.get((n - 2) as usize) else { break };
+                    let Some((name, child)) = listing.children.get((n - 2) as usize) else {
+                        break;
+                    };
                     let Some(node) = t.get(*child) else {
                         off += 1;
                         continue;
                     };
-                    DirItem { name: name.clone(), attr: self.attr_of(node), next: n + 1 }
+                    DirItem {
+                        name: name.clone(),
+                        attr: self.attr_of(node),
+                        next: n + 1,
+                    }
                 }
             };
             off = item.next;
@@ -406,7 +442,12 @@ impl FsCore {
     pub fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
         let t = self.table.lock().unwrap();
         let n = t.get(ino).ok_or(FsError::NotFound)?;
-        n.entry.xattrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).ok_or(FsError::NoAttr)
+        n.entry
+            .xattrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .ok_or(FsError::NoAttr)
     }
 
     /// FUSE open: pins the current version and returns (fh, keep_cache).
@@ -430,7 +471,10 @@ impl FsCore {
             (n.source.ok_or(FsError::IsDir)?, n.entry.clone())
         };
         let mounted = &self.sources[idx];
-        let req = OpenRequest { block_size: self.cfg.block_size, revalidate: stale };
+        let req = OpenRequest {
+            block_size: self.cfg.block_size,
+            revalidate: stale,
+        };
         let opened = mounted.source.open(&entry, &req).await?;
         let fresh = opened.entry;
         let validator = fresh
@@ -462,11 +506,19 @@ impl FsCore {
             remote: Arc::from(fresh.remote.as_str()),
             validator: Arc::from(validator.as_str()),
         });
-        let ctx = Arc::new(FileCtx { key, size: fresh.size, reader: opened.reader });
+        let ctx = Arc::new(FileCtx {
+            key,
+            size: fresh.size,
+            reader: opened.reader,
+        });
         if let Some(prefix) = &opened.prefix {
             self.cache.insert_prefix(&ctx, prefix);
         }
-        let verifier = fresh.checksum.clone().filter(|_| fresh.size > 0).map(|c| Verifier::new(c, fresh.size));
+        let verifier = fresh
+            .checksum
+            .clone()
+            .filter(|_| fresh.size > 0)
+            .map(|c| Verifier::new(c, fresh.size));
         let handle = Arc::new(Handle {
             ino,
             ctx,
@@ -507,7 +559,11 @@ impl FsCore {
             return Ok(Bytes::new());
         }
         let range = offset..(offset + size as u64).min(file_size);
-        let plan = h.prefetch.lock().unwrap().on_read(range.start, range.end - range.start, file_size);
+        let plan = h
+            .prefetch
+            .lock()
+            .unwrap()
+            .on_read(range.start, range.end - range.start, file_size);
         let bs = self.cache.block_size();
         let all_present = (range.start / bs..=(range.end - 1) / bs).all(|b| self.cache.present(&h.ctx, b));
         if plan.direct && h.ctx.reader.ranges() && !all_present {
@@ -603,7 +659,9 @@ impl FsCore {
 
 fn block_slice(block: &Bytes, from: usize, to: usize) -> FsResult<Bytes> {
     if to > block.len() || from > to {
-        return Err(FsError::Source(SourceError::Protocol("block shorter than expected".into())));
+        return Err(FsError::Source(SourceError::Protocol(
+            "block shorter than expected".into(),
+        )));
     }
     Ok(block.slice(from..to))
 }

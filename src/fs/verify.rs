@@ -41,7 +41,12 @@ impl Verifier {
             Checksum::Md5(_) => State::Md5(md5::Md5::new()),
             Checksum::Crc64Xz(_) => State::Crc64(CRC64_XZ.digest()),
         };
-        Verifier { want, state, pos: 0, size }
+        Verifier {
+            want,
+            state,
+            pos: 0,
+            size,
+        }
     }
 
     /// Feeds `data`, which holds bytes `[offset, offset + data.len())`. Bytes before `pos` are
@@ -70,7 +75,10 @@ impl Verifier {
         if actual == self.want {
             Verdict::Match
         } else {
-            Verdict::Mismatch { expected: self.want.display(), actual: actual.display() }
+            Verdict::Mismatch {
+                expected: self.want.display(),
+                actual: actual.display(),
+            }
         }
     }
 }
