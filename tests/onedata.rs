@@ -93,6 +93,14 @@ fn write(root: &Path, rel: &str, data: &[u8]) {
     std::fs::write(p, data).unwrap();
 }
 
+/// `n` empty files `<prefix>00000`, `<prefix>00001`… in `dir`.
+fn empty_files(dir: &Path, prefix: &str, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        std::fs::write(dir.join(format!("{prefix}{i:05}")), b"").unwrap();
+    }
+}
+
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 % 251) as u8).collect()
 }
@@ -412,13 +420,7 @@ async fn a_refused_token_is_eacces_naming_the_auth_error_but_never_the_token() {
 #[tokio::test(flavor = "multi_thread")]
 async fn short_and_empty_pages_are_followed_until_is_last() {
     let n = 2_500;
-    let env = start(|r| {
-        std::fs::create_dir_all(r.join("sp/many")).unwrap();
-        for i in 0..n {
-            std::fs::write(r.join(format!("sp/many/f{i:05}")), b"").unwrap();
-        }
-    })
-    .await;
+    let env = start(|r| empty_files(&r.join("sp/many"), "f", n)).await;
     env.set(|b| b.short_pages = true);
     let src = env.source().await;
     let dir = walk(&*src, "sp/many").await;
@@ -629,143 +631,94 @@ async fn a_directory_download_redirects_to_a_resumable_tar() {
     assert!(read(&*src, &d, 0..1).await.is_err());
 }
 
+/// One authenticated API call: status and JSON body (`null` when there is none).
+async fn call(
+    env: &Env,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut r = raw().request(method, env.url(path)).header("x-auth-token", TOKEN);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn lookup_attributes_and_option_merging_follow_the_api() {
+    use reqwest::Method;
+    use serde_json::json;
     let env = start(|r| {
         write(r, "sp/dir/a", b"1");
         write(r, "sp/dir/b", b"22");
         write(r, "sp/dir/c", b"333");
     })
     .await;
-    let c = raw();
-    let r = c
-        .post(env.url(&format!("{API}/lookup-file-id/sp/dir/b")))
-        .header("x-auth-token", TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let id = r.json::<serde_json::Value>().await.unwrap()["fileId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = c
-        .post(env.url(&format!("{API}/lookup-file-id/nospace/dir/b")))
-        .header("x-auth-token", TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let v: serde_json::Value = r.json().await.unwrap();
+    let (status, v) = call(&env, Method::POST, &format!("{API}/lookup-file-id/sp/dir/b"), None).await;
+    assert_eq!(status, 200);
+    let id = v["fileId"].as_str().unwrap().to_string();
+    let (status, v) = call(&env, Method::POST, &format!("{API}/lookup-file-id/nospace/dir/b"), None).await;
+    assert_eq!(status, 400);
     assert_eq!(v["error"]["details"]["errno"], "enoent");
     assert!(
         v["error"]["ctx"]["serviceReleaseVersion"].is_string(),
         "errors carry ctx"
     );
 
-    // Attributes: JSON body selects, query `attribute=` selects legacy names.
-    let url = env.url(&format!("{API}/data/{id}"));
-    let v: serde_json::Value = c
-        .get(&url)
-        .header("x-auth-token", TOKEN)
-        .json(&serde_json::json!({"attributes": ["name", "size"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v, serde_json::json!({"name": "b", "size": 2}));
-    let v: serde_json::Value = c
-        .get(format!("{url}?attribute=file_id&attribute=mode"))
-        .header("x-auth-token", TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v["file_id"], id.as_str());
-    assert_eq!(v["mode"], 0o644);
-    let all: serde_json::Value = c
-        .get(&url)
-        .header("x-auth-token", TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(all["type"], "REG");
-    assert_eq!(all["posixPermissions"], "644");
-    let r = c
-        .get(&url)
-        .header("x-auth-token", TOKEN)
-        .json(&serde_json::json!({"attributes": ["bogus"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-
-    // Children: the query overrides the body; index/offset start inside the listing.
-    let dir = c
-        .post(env.url(&format!("{API}/lookup-file-id/sp/dir")))
-        .header("x-auth-token", TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap()["fileId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let curl = env.url(&format!("{API}/data/{dir}/children"));
-    let page = |q: &'static str, body: serde_json::Value| {
-        let c = c.clone();
-        let u = format!("{curl}{q}");
-        async move {
-            c.get(u)
-                .header("x-auth-token", TOKEN)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        }
-    };
-    let v = page("?limit=2", serde_json::json!({"limit": 1, "attributes": ["name"]})).await;
-    assert_eq!(v["children"], serde_json::json!([{"name": "a"}, {"name": "b"}]));
-    assert_eq!(v["isLast"], false);
-    let tok = v["nextPageToken"].as_str().unwrap().to_string();
-    let v = page("", serde_json::json!({"token": tok, "attributes": ["name"]})).await;
-    assert_eq!(v["children"], serde_json::json!([{"name": "c"}]));
-    assert_eq!(v["isLast"], true);
-    assert!(v["nextPageToken"].is_null());
-    let v = page(
-        "",
-        serde_json::json!({"index": "b", "offset": 1, "attributes": ["name"]}),
+    // Attributes: a JSON body selects current names, query `attribute=` legacy ones.
+    let attrs = format!("{API}/data/{id}");
+    let (_, v) = call(&env, Method::GET, &attrs, Some(json!({"attributes": ["name", "size"]}))).await;
+    assert_eq!(v, json!({"name": "b", "size": 2}));
+    let (_, v) = call(
+        &env,
+        Method::GET,
+        &format!("{attrs}?attribute=file_id&attribute=mode"),
+        None,
     )
     .await;
-    assert_eq!(v["children"], serde_json::json!([{"name": "c"}]));
-    let r = c
-        .get(format!("{curl}?limit=1001"))
-        .header("x-auth-token", TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(v["file_id"], id.as_str());
+    assert_eq!(v["mode"], 0o644);
+    let (_, all) = call(&env, Method::GET, &attrs, None).await;
+    assert_eq!(all["type"], "REG");
+    assert_eq!(all["posixPermissions"], "644");
+    let (status, _) = call(&env, Method::GET, &attrs, Some(json!({"attributes": ["bogus"]}))).await;
+    assert_eq!(status, 400);
+
+    // Children: the query overrides the body; index/offset start inside the listing.
+    let (_, v) = call(&env, Method::POST, &format!("{API}/lookup-file-id/sp/dir"), None).await;
+    let children = format!("{API}/data/{}/children", v["fileId"].as_str().unwrap());
+    let names = json!(["name"]);
+    let q = format!("{children}?limit=2");
+    let (_, v) = call(&env, Method::GET, &q, Some(json!({"limit": 1, "attributes": names}))).await;
+    assert_eq!(v["children"], json!([{"name": "a"}, {"name": "b"}]));
+    assert_eq!(v["isLast"], false);
+    let tok = v["nextPageToken"].clone();
+    let (_, v) = call(
+        &env,
+        Method::GET,
+        &children,
+        Some(json!({"token": tok, "attributes": names})),
+    )
+    .await;
+    assert_eq!(v["children"], json!([{"name": "c"}]));
+    assert_eq!(v["isLast"], true);
+    assert!(v["nextPageToken"].is_null());
+    let body = json!({"index": "b", "offset": 1, "attributes": names});
+    let (_, v) = call(&env, Method::GET, &children, Some(body)).await;
+    assert_eq!(v["children"], json!([{"name": "c"}]));
+    let (status, _) = call(&env, Method::GET, &format!("{children}?limit=1001"), None).await;
+    assert_eq!(status, 400);
 
     // HEAD is not a route.
-    let r = c
-        .head(env.url(&format!("{API}/data/{id}/content")))
-        .header("x-auth-token", TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 405);
+    let (status, _) = call(&env, Method::HEAD, &format!("{API}/data/{id}/content"), None).await;
+    assert_eq!(status, 405);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -841,13 +794,7 @@ async fn the_demo_serves_its_sample_spaces() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ten_thousand_entries_are_listed_completely() {
     let n = 10_000;
-    let env = start(|r| {
-        std::fs::create_dir_all(r.join("sp/big")).unwrap();
-        for i in 0..n {
-            std::fs::write(r.join(format!("sp/big/entry-{i:05}.dat")), b"").unwrap();
-        }
-    })
-    .await;
+    let env = start(|r| empty_files(&r.join("sp/big"), "entry-", n)).await;
     let src = env.source().await;
     let dir = walk(&*src, "sp/big").await;
     let t = Instant::now();
@@ -859,17 +806,7 @@ async fn ten_thousand_entries_are_listed_completely() {
     assert_eq!(names.len(), n, "no duplicates across pages");
     // The same pages fetched raw (emulator + transfer only), to tell server from client time.
     let url = env.url(&format!("{API}/data/{}/children", xattr(&dir, "user.onedata.file_id")));
-    let attrs = [
-        "fileId",
-        "name",
-        "type",
-        "size",
-        "mtime",
-        "atime",
-        "ctime",
-        "posixPermissions",
-        "symlinkValue",
-    ];
+    let attrs = fetchfs::provider::onedata::ATTRS;
     let t = Instant::now();
     let mut token: Option<String> = None;
     loop {

@@ -736,6 +736,29 @@ fn io_posix(e: &std::io::Error) -> Response {
     }
 }
 
+/// What an attribute or listing request is about: the node, the merged options and the
+/// attribute selection (`default` when the request names none).
+struct Ask {
+    space: Space,
+    rel: String,
+    opts: Opts,
+    sel: AttrSel,
+}
+
+fn ask(
+    st: &St,
+    id: &str,
+    q: Option<&str>,
+    headers: &HeaderMap,
+    body: &Bytes,
+    default: &[&str],
+) -> Result<Ask, Response> {
+    let (space, rel) = locate(st, id)?;
+    let opts = parse_opts(st, q, headers, body)?;
+    let sel = attr_sel(st, &opts, default)?;
+    Ok(Ask { space, rel, opts, sel })
+}
+
 async fn attributes(
     State(st): State<St>,
     UrlPath(id): UrlPath<String>,
@@ -743,21 +766,13 @@ async fn attributes(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (space, rel) = match locate(&st, &id) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let o = match parse_opts(&st, q.as_deref(), &headers, &body) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
     let every: Vec<&str> = ATTRS.iter().map(|(c, _)| *c).collect();
-    let sel = match attr_sel(&st, &o, &every) {
-        Ok(s) => s,
+    let a = match ask(&st, &id, q.as_deref(), &headers, &body, &every) {
+        Ok(a) => a,
         Err(r) => return r,
     };
-    match node(&space, &rel).and_then(|p| all_attrs(&space, &rel, &p)) {
-        Ok(all) => axum::Json(select(&all, &sel)).into_response(),
+    match node(&a.space, &a.rel).and_then(|p| all_attrs(&a.space, &a.rel, &p)) {
+        Ok(all) => axum::Json(select(&all, &a.sel)).into_response(),
         Err(e) => io_posix(&e),
     }
 }
@@ -790,16 +805,13 @@ async fn children(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (space, rel) = match locate(&st, &id) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let o = match parse_opts(&st, q.as_deref(), &headers, &body) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
-    let sel = match attr_sel(&st, &o, &["fileId", "name"]) {
-        Ok(s) => s,
+    let Ask {
+        space,
+        rel,
+        opts: o,
+        sel,
+    } = match ask(&st, &id, q.as_deref(), &headers, &body, &["fileId", "name"]) {
+        Ok(a) => a,
         Err(r) => return r,
     };
     let dir = match node(&space, &rel) {

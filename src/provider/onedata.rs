@@ -63,7 +63,7 @@ const MAX_LINK_BYTES: usize = 4096;
 const MAX_JSON_BYTES: usize = 64 << 20;
 
 /// Attributes a listing asks for (providers.md §2.13), current names.
-const ATTRS: &[&str] = &[
+pub const ATTRS: &[&str] = &[
     "fileId",
     "name",
     "type",
