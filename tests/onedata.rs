@@ -996,3 +996,42 @@ fn a_mounted_onedata_tree_copies_byte_exact_with_cp_and_sha1sum() {
     drop(server);
     rt.shutdown_timeout(Duration::from_secs(2));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_mistakes_are_one_sentence_naming_the_key() {
+    let env = start(|r| write(r, "sp/a", b"a")).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tok"), format!("{TOKEN}\n")).unwrap();
+    let mut cfg = env.cfg(None, None);
+    cfg.token = None;
+    cfg.token_file = Some(dir.path().join("tok"));
+    let src = build(&cfg).await;
+    assert!(src.root().await.is_ok(), "token_file is read");
+
+    let try_build = |cfg: OnedataConfig| async move {
+        match fetchfs::provider::build(&SourceConfig::Onedata(cfg), &ctx()).await {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.0,
+        }
+    };
+    if std::env::var_os("ONEDATA_ACCESS_TOKEN").is_none() && std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+        let mut c = env.cfg(None, None);
+        c.token = None;
+        let msg = try_build(c).await;
+        assert!(
+            msg.contains("token_file") && msg.contains("ONEDATA_ACCESS_TOKEN"),
+            "{msg}"
+        );
+    }
+    let mut c = env.cfg(None, None);
+    c.endpoint = "ftp://example.org".into();
+    assert!(try_build(c).await.contains("endpoint"));
+    let msg = try_build(env.cfg(None, Some("a/b"))).await;
+    assert!(msg.contains("path") && msg.contains("space"), "{msg}");
+    let msg = try_build(env.cfg(Some("sp"), Some("a/../b"))).await;
+    assert!(msg.contains(".."), "{msg}");
+    // The endpoint may already name the API prefix.
+    let mut c = env.cfg(None, None);
+    c.endpoint = format!("{}/api/v3/oneprovider/", env.server.base_url());
+    assert!(build(&c).await.root().await.is_ok());
+}
