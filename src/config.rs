@@ -155,6 +155,8 @@ pub struct ConfigFile {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceConfig {
     Http(crate::provider::http::HttpConfig),
+    Doris(crate::provider::doris::DorisConfig),
+    Huawei(crate::provider::huawei::HuaweiConfig),
     Onedata(crate::provider::onedata::OnedataConfig),
 }
 
@@ -162,12 +164,16 @@ impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::Http(c) => &c.name,
+            SourceConfig::Doris(c) => &c.name,
+            SourceConfig::Huawei(c) => &c.name,
             SourceConfig::Onedata(c) => &c.name,
         }
     }
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Http(_) => "http",
+            SourceConfig::Doris(_) => "doris",
+            SourceConfig::Huawei(_) => "huawei",
             SourceConfig::Onedata(_) => "onedata",
         }
     }
@@ -175,6 +181,8 @@ impl SourceConfig {
     pub fn has_inline_secret(&self) -> bool {
         match self {
             SourceConfig::Http(c) => c.has_inline_secret(),
+            SourceConfig::Doris(c) => c.has_inline_secret(),
+            SourceConfig::Huawei(c) => c.has_inline_secret(),
             SourceConfig::Onedata(c) => c.has_inline_secret(),
         }
     }

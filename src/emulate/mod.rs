@@ -12,7 +12,9 @@
 //!   per file" or "no data request after a remount".
 //! * [`serve`]: binds, spawns, and returns a handle that stops the server when dropped.
 
+pub mod doris;
 pub mod http;
+pub mod huawei;
 pub mod onedata;
 
 use std::collections::BTreeMap;
