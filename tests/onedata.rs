@@ -16,6 +16,8 @@ use fetchfs::provider::BuildContext;
 use fetchfs::provider::onedata::OnedataConfig;
 use fetchfs::source::{Entry, EntryKind, OpenRequest, Source, read_all};
 
+mod common;
+
 const TOKEN: &str = "s3cr3t-test-token";
 const API: &str = "/api/v3/oneprovider";
 
@@ -53,16 +55,21 @@ impl Env {
     }
 }
 
-async fn start(tree: impl FnOnce(&Path)) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    tree(dir.path());
-    let e = emu::router(
-        dir.path(),
+/// The emulator over `root`, accepting [`TOKEN`].
+fn emulator(root: &Path) -> emu::OnedataEmulator {
+    emu::router(
+        root,
         OnedataEmuOptions {
             token: TOKEN.into(),
             behaviour: OnedataBehaviour::default(),
         },
-    );
+    )
+}
+
+async fn start(tree: impl FnOnce(&Path)) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    tree(dir.path());
+    let e = emulator(dir.path());
     let behaviour = e.behaviour.clone();
     let server = serve(e.router, 0, e.harness).await.unwrap();
     Env { dir, server, behaviour }
@@ -834,32 +841,52 @@ async fn ten_thousand_entries_are_listed_completely() {
     );
 }
 
-// ---- real FUSE mounts ---------------------------------------------------------------------
+// ---- real FUSE mounts (the `fetchfs` binary, helpers of tests/common) ----------------------
 
-/// Unmounts (lazily, so a failing test never leaves a busy mount behind) when dropped.
-struct MountGuard(PathBuf);
+/// An emulator on a runtime of its own, for tests that mount with the real binary.
+struct MountFixture {
+    _rt: tokio::runtime::Runtime,
+    data: tempfile::TempDir,
+    server: Server,
+    behaviour: Arc<Mutex<OnedataBehaviour>>,
+    conf: tempfile::TempDir,
+}
 
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+fn mount_fixture(tree: impl FnOnce(&Path)) -> MountFixture {
+    let rt = common::runtime();
+    let data = tempfile::tempdir().unwrap();
+    tree(data.path());
+    let e = emulator(data.path());
+    let behaviour = e.behaviour.clone();
+    let server = rt.block_on(serve(e.router, 0, e.harness)).unwrap();
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(conf.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    MountFixture {
+        _rt: rt,
+        data,
+        server,
+        behaviour,
+        conf,
     }
 }
 
-fn can_mount() -> bool {
-    // SAFETY: getuid cannot fail.
-    let root = unsafe { libc::getuid() } == 0;
-    root && Path::new("/dev/fuse").exists()
+impl MountFixture {
+    /// A config file with one onedata source named `od` (token from a file), plus `extra` lines.
+    fn config(&self, extra: &str) -> String {
+        let p = self.conf.path().join("fetchfs.toml");
+        let text = format!(
+            "[[source]]\nname = \"od\"\ntype = \"onedata\"\nendpoint = \"{}\"\ntoken_file = \"{}\"\n{extra}",
+            self.server.base_url(),
+            self.conf.path().join("token").display()
+        );
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
 }
 
-fn sh(cmd: &str, args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn shell(cmd: &str) -> String {
+    let (ok, out, err) = common::sh(cmd, Duration::from_secs(60));
+    assert!(ok, "{cmd}: {err}");
     out
 }
 
@@ -874,68 +901,32 @@ fn getxattr(path: &Path, name: &str) -> Option<String> {
 
 #[test]
 fn a_mounted_onedata_tree_copies_byte_exact_with_cp_and_sha1sum() {
-    if !can_mount() {
-        eprintln!("skipped: mounting needs root and /dev/fuse");
+    if !common::can_mount() {
         return;
     }
-    eprintln!("mounting through FUSE");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let d = data.path();
-    write(d, "sp/big.bin", &pattern(5 << 20));
-    write(d, "sp/dir/a.txt", b"alpha\n");
-    write(d, "sp/dir/sub/b.bin", &pattern(70_000));
-    write(d, "sp/dir/empty", b"");
-    write(d, "sp/secret.txt", b"hidden");
-    for i in 0..1_500 {
-        write(d, &format!("sp/many/n{i:04}"), format!("{i}").as_bytes());
-    }
-    std::os::unix::fs::symlink("dir/a.txt", d.join("sp/link")).unwrap();
-    write(d, "twin@1/one.txt", b"1");
-    write(d, "twin@2/two.txt", b"2");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(d.join("sp/secret.txt"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let big = pattern(5 << 20);
+    let fx = mount_fixture(|d| {
+        write(d, "sp/big.bin", &big);
+        write(d, "sp/dir/a.txt", b"alpha\n");
+        write(d, "sp/dir/sub/b.bin", &pattern(70_000));
+        write(d, "sp/dir/empty", b"");
+        write(d, "sp/secret.txt", b"hidden");
+        for i in 0..1_500 {
+            write(d, &format!("sp/many/n{i:04}"), format!("{i}").as_bytes());
+        }
+        std::os::unix::fs::symlink("dir/a.txt", d.join("sp/link")).unwrap();
+        write(d, "twin@1/one.txt", b"1");
+        write(d, "twin@2/two.txt", b"2");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.join("sp/secret.txt"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    });
+    fx.behaviour.lock().unwrap().short_pages = true;
+    let m = common::MountGuard::start(&["--config", &fx.config("")]);
+    let od = m.path("od");
 
-    let emu = emu::router(
-        d,
-        OnedataEmuOptions {
-            token: TOKEN.into(),
-            behaviour: OnedataBehaviour {
-                short_pages: true,
-                ..OnedataBehaviour::default()
-            },
-        },
-    );
-    let server = rt.block_on(serve(emu.router, 0, emu.harness)).unwrap();
-    let mut cfg = fetchfs::config::Config::default();
-    cfg.http = ctx().http;
-    cfg.sources = vec![SourceConfig::Onedata(OnedataConfig {
-        name: "od".into(),
-        endpoint: server.base_url(),
-        token: Some(TOKEN.into()),
-        token_file: None,
-        space: None,
-        path: None,
-    })];
-    let sources = rt.block_on(fetchfs::mount::build_sources(&cfg)).unwrap();
-    let core = fetchfs::fs::FsCore::new(fetchfs::fs::CoreConfig::from_config(&cfg), sources, false);
-    let mnt = tempfile::tempdir().unwrap();
-    let mp = mnt.path().to_path_buf();
-    let running = fetchfs::mount::mount_core(core, &rt, &mp, &cfg, "fetchfs:onedata-test").unwrap();
-    let guard = MountGuard(mp.clone());
-    rt.block_on(fetchfs::mount::after_mount(&mp, &cfg)).unwrap();
-
-    let od = mp.join("od");
     // Spaces as directories, twins disambiguated by space id.
-    let mut spaces: Vec<String> = std::fs::read_dir(&od)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    spaces.sort();
+    let spaces = shell(&format!("ls {}", od.display()));
+    let spaces: Vec<&str> = spaces.lines().collect();
     assert_eq!(spaces.len(), 3, "{spaces:?}");
     assert_eq!(spaces[0], "sp");
     assert!(
@@ -943,44 +934,43 @@ fn a_mounted_onedata_tree_copies_byte_exact_with_cp_and_sha1sum() {
         "{spaces:?}"
     );
 
-    // cp -r and compare every byte; sha1sum through the mount matches the original.
+    // cp -r gives the same bytes; sha1sum through the mount matches the original.
     let copy = tempfile::tempdir().unwrap();
-    sh(
-        "cp",
-        &["-r", od.join("sp/dir").to_str().unwrap(), copy.path().to_str().unwrap()],
-    );
+    shell(&format!(
+        "cp -r {} {}/",
+        od.join("sp/dir").display(),
+        copy.path().display()
+    ));
     for f in ["a.txt", "sub/b.bin", "empty"] {
         assert_eq!(
             std::fs::read(copy.path().join("dir").join(f)).unwrap(),
-            std::fs::read(d.join("sp/dir").join(f)).unwrap(),
+            std::fs::read(fx.data.path().join("sp/dir").join(f)).unwrap(),
             "{f}"
         );
     }
-    let sum = |p: &Path| String::from_utf8(sh("sha1sum", &[p.to_str().unwrap()]).stdout).unwrap()[..40].to_string();
-    assert_eq!(sum(&od.join("sp/big.bin")), sum(&d.join("sp/big.bin")));
-    // dd at an offset.
-    let out = sh(
-        "dd",
-        &[
-            &format!("if={}", od.join("sp/big.bin").display()),
-            "bs=4096",
-            "skip=300",
-            "count=3",
-            "status=none",
-        ],
-    );
-    assert_eq!(out.stdout, pattern(5 << 20)[300 * 4096..303 * 4096].to_vec());
+    let sum = |p: &Path| shell(&format!("sha1sum '{}'", p.display()))[..40].to_string();
+    assert_eq!(sum(&od.join("sp/big.bin")), sum(&fx.data.path().join("sp/big.bin")));
+    let out = std::process::Command::new("dd")
+        .arg(format!("if={}", od.join("sp/big.bin").display()))
+        .args(["bs=4096", "skip=300", "count=3", "status=none"])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, big[300 * 4096..303 * 4096].to_vec(), "dd at an offset");
 
-    // Listing with short pages is complete; modes lose their write bits; links read back.
-    assert_eq!(std::fs::read_dir(od.join("sp/many")).unwrap().count(), 1_500);
-    let meta = std::fs::metadata(od.join("sp/dir/a.txt")).unwrap();
-    assert_eq!(meta.permissions().mode() & 0o777, 0o444);
-    assert_eq!(meta.len(), 6);
+    // Short pages still list completely; modes lose their write bits; links and xattrs show.
     assert_eq!(
-        std::fs::read_link(od.join("sp/link")).unwrap(),
-        PathBuf::from("dir/a.txt")
+        shell(&format!("ls {} | wc -l", od.join("sp/many").display())).trim(),
+        "1500"
     );
-    assert_eq!(std::fs::read(od.join("sp/link")).unwrap(), b"alpha\n");
+    assert_eq!(
+        shell(&format!("stat -c %a {}", od.join("sp/dir/a.txt").display())).trim(),
+        "444"
+    );
+    assert_eq!(
+        shell(&format!("readlink {}", od.join("sp/link").display())).trim(),
+        "dir/a.txt"
+    );
+    assert_eq!(shell(&format!("cat {}", od.join("sp/link").display())), "alpha\n");
     assert!(getxattr(&od.join("sp/dir/a.txt"), "user.onedata.file_id").is_some_and(|v| !v.is_empty()));
     assert!(getxattr(&od.join("sp/dir/a.txt"), "user.onedata.space_id").is_some_and(|v| v.len() == 32));
 
@@ -989,12 +979,44 @@ fn a_mounted_onedata_tree_copies_byte_exact_with_cp_and_sha1sum() {
     assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
     let e = std::fs::read(od.join("sp/nope")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+}
 
-    drop(guard);
-    drop(running);
-    assert!(!fetchfs::mount::is_mountpoint(&mp), "the mount is gone");
-    drop(server);
-    rt.shutdown_timeout(Duration::from_secs(2));
+#[test]
+fn a_configured_space_and_file_path_mount_through_a_legacy_server() {
+    if !common::can_mount() {
+        return;
+    }
+    let data = pattern(300_000);
+    let fx = mount_fixture(|d| {
+        write(d, "my space/dir x/f #1.bin", &data);
+        write(d, "my space/dir x/other.txt", b"other");
+    });
+    fx.behaviour.lock().unwrap().legacy_only = true;
+    let m = common::MountGuard::start(&[
+        "--config",
+        &fx.config("space = \"my space\"\npath = \"dir x/f #1.bin\"\n"),
+    ]);
+    let f = m.path("od/f #1.bin");
+    assert_eq!(shell(&format!("ls '{}'", m.path("od").display())).trim(), "f #1.bin");
+    assert_eq!(std::fs::read(&f).unwrap(), data);
+    drop(m);
+    let m = common::MountGuard::start(&["--config", &fx.config("space = \"my space\"\npath = \"dir x\"\n")]);
+    assert_eq!(std::fs::read(m.path("od/other.txt")).unwrap(), b"other");
+}
+
+#[test]
+fn a_refused_token_fails_the_mount_with_its_auth_error() {
+    if !common::can_mount() {
+        return;
+    }
+    let fx = mount_fixture(|d| write(d, "sp/a", b"a"));
+    fx.behaviour.lock().unwrap().reject_token = Some("tokenRevoked".into());
+    let err = match common::MountGuard::try_start(&["--config", &fx.config("")]) {
+        Ok(_) => panic!("mounted with a revoked token"),
+        Err(e) => e,
+    };
+    assert!(err.contains("tokenRevoked"), "{err}");
+    assert!(!err.contains(TOKEN), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
