@@ -634,8 +634,14 @@ async fn a_directory_download_redirects_to_a_resumable_tar() {
     )
     .await;
     assert_eq!(r.status(), 302);
-    // The source never follows it: opening a directory is refused.
+    // The source never follows it: opening a directory is refused, and a by-path read that
+    // meets the redirect stops there (the token must not travel with a redirect).
     assert!(read(&*src, &d, 0..1).await.is_err());
+    let downloads = env.count("/download/");
+    let by_path = Entry::file("d", format!("path:{space_id}/d"), 10);
+    let e = read(&*src, &by_path, 0..10).await.unwrap_err();
+    assert!(matches!(&e, SourceError::Protocol(m) if m.contains("redirect")), "{e}");
+    assert_eq!(env.count("/download/"), downloads);
 }
 
 /// One authenticated API call: status and JSON body (`null` when there is none).

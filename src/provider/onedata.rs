@@ -684,6 +684,8 @@ pub fn api_error(status: u16, body: &[u8], what: &str) -> SourceError {
             }
         }
         400 => SourceError::Invalid(format!("{what}: {said}")),
+        // Only directory downloads redirect; the token must not follow a redirect anywhere.
+        300..=399 => SourceError::Protocol(format!("{what}: unexpected redirect (HTTP {status}), not followed")),
         s => SourceError::Http {
             status: s,
             message: format!("{what}: {said}"),
@@ -976,6 +978,11 @@ mod tests {
             SourceError::Invalid(_)
         ));
         assert!(matches!(api_error(403, b"", "w"), SourceError::PermissionDenied(_)));
+        assert!(matches!(api_error(302, b"", "w"), SourceError::Protocol(_)));
+        assert!(matches!(
+            api_error(501, b"", "w"),
+            SourceError::Http { status: 501, .. }
+        ));
     }
 
     #[test]
