@@ -159,6 +159,7 @@ pub enum SourceConfig {
     Doris(crate::provider::doris::DorisConfig),
     Huawei(crate::provider::huawei::HuaweiConfig),
     Smh(crate::provider::smh::SmhConfig),
+    Onedata(crate::provider::onedata::OnedataConfig),
 }
 
 impl SourceConfig {
@@ -169,6 +170,7 @@ impl SourceConfig {
             SourceConfig::Doris(c) => &c.name,
             SourceConfig::Huawei(c) => &c.name,
             SourceConfig::Smh(c) => &c.name,
+            SourceConfig::Onedata(c) => &c.name,
         }
     }
     pub fn kind(&self) -> &'static str {
@@ -178,6 +180,7 @@ impl SourceConfig {
             SourceConfig::Doris(_) => "doris",
             SourceConfig::Huawei(_) => "huawei",
             SourceConfig::Smh(_) => "smh",
+            SourceConfig::Onedata(_) => "onedata",
         }
     }
     /// Whether the section holds a secret written inline (the file must then be private).
@@ -188,6 +191,7 @@ impl SourceConfig {
             SourceConfig::Doris(c) => c.has_inline_secret(),
             SourceConfig::Huawei(c) => c.has_inline_secret(),
             SourceConfig::Smh(c) => c.has_inline_secret(),
+            SourceConfig::Onedata(c) => c.has_inline_secret(),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod doris;
 pub mod http;
 pub mod huawei;
 pub mod smh;
+pub mod onedata;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -7,6 +7,7 @@
 //! | [`doris`] | Apache Doris FE small-file manager: `SHOW FILE`, `/api/get_small_file` (whole files, MD5) |
 //! | [`huawei`] | Huawei Cloud HSS export files: IAM token, export tasks, `/v5/{project_id}/download` |
 //! | [`smh`] | Tencent Cloud Smart Media Hosting: token, directory listing, signed COS URLs |
+//! | [`onedata`] | Onedata Oneprovider REST v3: spaces, paged children, content by id or path |
 //!
 //! A provider module exports its `[[source]]` config struct (serde, `deny_unknown_fields`,
 //! with a `name` field) and an async `build` that checks credentials-independent values and
@@ -20,6 +21,7 @@ pub mod doris;
 pub mod http;
 pub mod huawei;
 pub mod smh;
+pub mod onedata;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -56,6 +58,7 @@ pub async fn build(cfg: &SourceConfig, ctx: &BuildContext) -> Result<Arc<dyn Sou
         SourceConfig::Doris(c) => doris::build(c, ctx).await,
         SourceConfig::Huawei(c) => huawei::build(c, ctx).await,
         SourceConfig::Smh(c) => smh::build(c, ctx).await,
+        SourceConfig::Onedata(c) => onedata::build(c, ctx).await,
     }
 }
 
@@ -67,6 +70,9 @@ pub fn from_url(url: &str, name: &str) -> Result<SourceConfig, ConfigError> {
         Some("http") | Some("https") => Ok(SourceConfig::Http(http::HttpConfig::from_url(url, name)?)),
         Some("b2") => Ok(SourceConfig::B2(b2::B2Config::from_url(url, name)?)),
         Some("smh") => Ok(SourceConfig::Smh(smh::SmhConfig::from_url(url, name)?)),
+        Some("onedata") | Some("onedata+http") | Some("onedata+https") => {
+            Ok(SourceConfig::Onedata(onedata::OnedataConfig::from_url(url, name)?))
+        }
         Some(other) => Err(ConfigError::new(format!(
             "'{url}': unknown scheme '{other}://' (use http://, https://, b2://)"
         ))),
