@@ -274,7 +274,7 @@ impl ConfigFile {
             let msg = e.message().trim().to_string();
             match e.span() {
                 Some(span) => {
-                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
                     ConfigError::new(format!("line {line}: {msg}"))
                 }
                 None => ConfigError::new(msg),

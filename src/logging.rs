@@ -8,7 +8,8 @@
 //!   `SYSLOG_IDENTIFIER=fetchfs` when its socket exists, else to syslog (`/dev/log`, facility
 //!   daemon, ident `fetchfs`), else nowhere.
 //!
-//! The filter is `FETCHFS_LOG`, else `--log-level`, else the command's default.
+//! The filter is `FETCHFS_LOG`, else `--log-level`, else the command's default. Colours are
+//! used only when stderr is a terminal.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,7 +49,11 @@ pub fn init(level: Option<&str>, log_file: Option<&Path>, default: &str, backgro
         }
     }
     if !background {
-        let layer = fmt().with_writer(std::io::stderr);
+        // Colours only for a terminal: under systemd stderr is the journal.
+        use std::io::IsTerminal;
+        let layer = fmt()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr);
         tracing_subscriber::registry().with(filter).with(layer).init();
         return;
     }
