@@ -14,9 +14,10 @@ use crate::provider::BuildContext;
 
 /// `fetchfs check`.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["config", "url"])))]
 pub struct CheckArgs {
     /// The configuration file to check (as given to `fetchfs mount --config`).
-    #[arg(short, long, value_name = "FILE", required_unless_present = "url", conflicts_with = "url")]
+    #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Or check one URL, as `fetchfs mount URL MOUNTPOINT` would mount it.
     #[arg(value_name = "URL")]
@@ -47,7 +48,10 @@ pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
             path.display()
         )));
     }
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     file.validate(&base)
 }
 

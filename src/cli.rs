@@ -216,7 +216,9 @@ impl MountArgs {
         }
         if let Some(v) = &self.metrics_addr {
             v.parse::<std::net::SocketAddr>().map_err(|_| {
-                ConfigError::new(format!("--metrics-addr '{v}' is not an IP:PORT address like 127.0.0.1:9101"))
+                ConfigError::new(format!(
+                    "--metrics-addr '{v}' is not an IP:PORT address like 127.0.0.1:9101"
+                ))
             })?;
             file.metrics.addr = Some(v.clone());
         }

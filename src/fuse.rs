@@ -237,44 +237,52 @@ impl Filesystem for FuseFs {
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let core = self.core.clone();
-        self.spawn("readdir", tracing::debug_span!("readdir", ino = ino.0, offset), async move {
-            match core.readdir(ino.0, offset, READDIR_BATCH).await {
-                Ok(items) => {
-                    for it in items {
-                        if reply.add(INodeNo(it.attr.ino), it.next, kind(it.attr.kind), &it.name) {
-                            break;
+        self.spawn(
+            "readdir",
+            tracing::debug_span!("readdir", ino = ino.0, offset),
+            async move {
+                match core.readdir(ino.0, offset, READDIR_BATCH).await {
+                    Ok(items) => {
+                        for it in items {
+                            if reply.add(INodeNo(it.attr.ino), it.next, kind(it.attr.kind), &it.name) {
+                                break;
+                            }
                         }
+                        reply.ok()
                     }
-                    reply.ok()
+                    Err(e) => reply.error(fail(&core, "readdir", ino.0, None, &e)),
                 }
-                Err(e) => reply.error(fail(&core, "readdir", ino.0, None, &e)),
-            }
-        });
+            },
+        );
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let core = self.core.clone();
         let ttl = self.ttl();
-        self.spawn("readdirplus", tracing::debug_span!("readdirplus", ino = ino.0, offset), async move {
-            match core.readdir(ino.0, offset, READDIR_BATCH).await {
-                Ok(items) => {
-                    for it in items {
-                        if reply.add(
-                            INodeNo(it.attr.ino),
-                            it.next,
-                            &it.name,
-                            &ttl,
-                            &file_attr(&it.attr),
-                            Generation(0),
-                        ) {
-                            break;
+        self.spawn(
+            "readdirplus",
+            tracing::debug_span!("readdirplus", ino = ino.0, offset),
+            async move {
+                match core.readdir(ino.0, offset, READDIR_BATCH).await {
+                    Ok(items) => {
+                        for it in items {
+                            if reply.add(
+                                INodeNo(it.attr.ino),
+                                it.next,
+                                &it.name,
+                                &ttl,
+                                &file_attr(&it.attr),
+                                Generation(0),
+                            ) {
+                                break;
+                            }
                         }
+                        reply.ok()
                     }
-                    reply.ok()
+                    Err(e) => reply.error(fail(&core, "readdirplus", ino.0, None, &e)),
                 }
-                Err(e) => reply.error(fail(&core, "readdirplus", ino.0, None, &e)),
-            }
-        });
+            },
+        );
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

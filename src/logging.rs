@@ -75,10 +75,10 @@ enum SystemLog {
 }
 
 fn system_log() -> SystemLog {
-    if Path::new(JOURNALD_SOCKET).exists() {
-        if let Ok(layer) = tracing_journald::layer() {
-            return SystemLog::Journald(layer.with_syslog_identifier("fetchfs".to_string()));
-        }
+    if Path::new(JOURNALD_SOCKET).exists()
+        && let Ok(layer) = tracing_journald::layer()
+    {
+        return SystemLog::Journald(layer.with_syslog_identifier("fetchfs".to_string()));
     }
     if Path::new(SYSLOG_SOCKET).exists() {
         return SystemLog::Syslog;

@@ -45,8 +45,7 @@ pub fn man(subcommand: Option<&str>, out: &mut dyn Write) -> Result<(), String> 
             clap_mangen::Man::new(sub.bin_name(format!("fetchfs {name}"))).title(full)
         }
     };
-    man.render(out)
-        .map_err(|e| format!("cannot write the man page: {e}"))
+    man.render(out).map_err(|e| format!("cannot write the man page: {e}"))
 }
 
 #[cfg(test)]
@@ -58,7 +57,10 @@ mod tests {
         let mut buf = Vec::new();
         completions(clap_complete::Shell::Bash, &mut buf);
         let s = String::from_utf8(buf).unwrap();
-        assert!(s.contains("--metrics-addr") && s.contains("check"), "bash completion incomplete");
+        assert!(
+            s.contains("--metrics-addr") && s.contains("check"),
+            "bash completion incomplete"
+        );
     }
 
     #[test]
@@ -66,7 +68,11 @@ mod tests {
         let mut buf = Vec::new();
         man(None, &mut buf).unwrap();
         let s = String::from_utf8(buf).unwrap();
-        assert!(s.starts_with(".ie") || s.contains(".TH fetchfs"), "{}", &s[..200.min(s.len())]);
+        assert!(
+            s.starts_with(".ie") || s.contains(".TH fetchfs"),
+            "{}",
+            &s[..200.min(s.len())]
+        );
         let mut buf = Vec::new();
         man(Some("mount"), &mut buf).unwrap();
         assert!(String::from_utf8(buf).unwrap().contains("allow\\-other"));

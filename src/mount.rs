@@ -154,6 +154,7 @@ fn serve(req: MountRequest, ready_fd: Option<RawFd>) -> Result<(), MountError> {
         .build()
         .map_err(|e| MountError(format!("cannot start the I/O runtime: {e}")))?;
     let cfg = &req.config;
+    crate::notify::status("Reaching the sources");
     let sources = rt.block_on(build_sources(cfg))?;
     let core = FsCore::new(CoreConfig::from_config(cfg), sources, req.single_root);
     if let Some(addr) = cfg.metrics_addr {

@@ -119,7 +119,11 @@ pub fn render(core: Option<&FsCore>) -> String {
         "File bytes received per source.",
     );
     for (name, m) in &sources {
-        o.sample("fetchfs_source_bytes_total", &[("source", name)], Metrics::get(&m.bytes));
+        o.sample(
+            "fetchfs_source_bytes_total",
+            &[("source", name)],
+            Metrics::get(&m.bytes),
+        );
     }
     let hist = "fetchfs_source_request_duration_seconds";
     o.family(
@@ -132,9 +136,17 @@ pub fn render(core: Option<&FsCore>) -> String {
             let (buckets, count, sum) = m.ops[i].latency.snapshot();
             for (le, n) in buckets {
                 let le = le.to_string();
-                o.sample(&format!("{hist}_bucket"), &[("source", name), ("op", op), ("le", &le)], n);
+                o.sample(
+                    &format!("{hist}_bucket"),
+                    &[("source", name), ("op", op), ("le", &le)],
+                    n,
+                );
             }
-            o.sample(&format!("{hist}_bucket"), &[("source", name), ("op", op), ("le", "+Inf")], count);
+            o.sample(
+                &format!("{hist}_bucket"),
+                &[("source", name), ("op", op), ("le", "+Inf")],
+                count,
+            );
             o.sample(&format!("{hist}_sum"), &[("source", name), ("op", op)], sum);
             o.sample(&format!("{hist}_count"), &[("source", name), ("op", op)], count);
         }
@@ -147,8 +159,16 @@ pub fn render(core: Option<&FsCore>) -> String {
     ];
     for (metric, help, pick) in [
         ("fetchfs_cache_hits_total", "Blocks served from the cache, per tier.", 0),
-        ("fetchfs_cache_misses_total", "Blocks that had to be fetched, per tier.", 1),
-        ("fetchfs_cache_evictions_total", "Blocks evicted to stay within budget, per tier.", 2),
+        (
+            "fetchfs_cache_misses_total",
+            "Blocks that had to be fetched, per tier.",
+            1,
+        ),
+        (
+            "fetchfs_cache_evictions_total",
+            "Blocks evicted to stay within budget, per tier.",
+            2,
+        ),
     ] {
         o.family(metric, "counter", help);
         for (tier, h, m, e) in tiers {
@@ -170,7 +190,11 @@ pub fn render(core: Option<&FsCore>) -> String {
             "Bytes of the budget in use: cached blocks and reservations of fetches in flight.",
         );
         o.sample("fetchfs_cache_memory_used_bytes", &[("kind", "cached")], s.cached_bytes);
-        o.sample("fetchfs_cache_memory_used_bytes", &[("kind", "reserved")], s.reserved_bytes);
+        o.sample(
+            "fetchfs_cache_memory_used_bytes",
+            &[("kind", "reserved")],
+            s.reserved_bytes,
+        );
         o.one(
             "fetchfs_cache_memory_blocks",
             "gauge",
@@ -263,7 +287,10 @@ mod tests {
             let base = name.split('{').next().unwrap();
             let family = ["_bucket", "_sum", "_count"]
                 .iter()
-                .find_map(|s| base.strip_suffix(s).filter(|f| text.contains(&format!("# TYPE {f} histogram"))))
+                .find_map(|s| {
+                    base.strip_suffix(s)
+                        .filter(|f| text.contains(&format!("# TYPE {f} histogram")))
+                })
                 .unwrap_or(base);
             assert!(text.contains(&format!("# TYPE {family} ")), "untyped: {line}");
         }
