@@ -106,7 +106,58 @@ pub struct EmulateArgs {
 #[derive(Debug, Subcommand)]
 pub enum EmulateProvider {
     /// Plain HTTP server with Range and an nginx-style autoindex.
-    Http(EmuCommon),
+    Http {
+        #[command(flatten)]
+        common: EmuCommon,
+        /// Listing style: nginx (exact sizes), apache (rounded sizes), python (no sizes).
+        #[arg(long, value_enum, default_value = "nginx")]
+        style: crate::emulate::http::ListingStyle,
+    },
+    /// Apache Doris FE small-file manager: DIR/<db>/<catalog>/<file>.
+    Doris {
+        #[command(flatten)]
+        common: EmuCommon,
+        #[command(flatten)]
+        args: crate::emulate::doris::EmuArgs,
+    },
+    /// Huawei Cloud HSS export files (with IAM): DIR/<task_id>/<file_name>.
+    Huawei {
+        #[command(flatten)]
+        common: EmuCommon,
+        #[command(flatten)]
+        args: crate::emulate::huawei::EmuArgs,
+    },
+}
+
+impl EmulateProvider {
+    /// Root, port, and the router of the chosen emulator.
+    pub fn build(&self) -> Result<(&'static str, u16, axum::Router, crate::emulate::Harness), String> {
+        let check = |c: &EmuCommon| {
+            if c.root.is_dir() {
+                Ok(())
+            } else {
+                Err(format!("--root {} is not a directory", c.root.display()))
+            }
+        };
+        Ok(match self {
+            EmulateProvider::Http { common, style } => {
+                check(common)?;
+                let emu = crate::emulate::http::router(&common.root);
+                emu.behaviour.lock().unwrap().style = *style;
+                ("http", common.port, emu.router, emu.harness)
+            }
+            EmulateProvider::Doris { common, args } => {
+                check(common)?;
+                let emu = crate::emulate::doris::router(&common.root, args.into());
+                ("doris", common.port, emu.router, emu.harness)
+            }
+            EmulateProvider::Huawei { common, args } => {
+                check(common)?;
+                let emu = crate::emulate::huawei::router(&common.root, args.into());
+                ("huawei", common.port, emu.router, emu.harness)
+            }
+        })
+    }
 }
 
 /// Options every emulator takes.

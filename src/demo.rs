@@ -118,6 +118,24 @@ async fn start_emulators(data: &Path) -> Result<(Vec<(String, Server)>, Vec<Sour
         &url, "http",
     )?));
     servers.push(("http".to_string(), server));
+    type DemoFn = fn(
+        &Path,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<(Server, SourceConfig)>> + Send + '_>,
+    >;
+    let providers: [(&str, DemoFn); 2] = [
+        ("doris", |d| Box::pin(crate::emulate::doris::demo(d))),
+        ("huawei", |d| Box::pin(crate::emulate::huawei::demo(d))),
+    ];
+    for (name, start) in providers {
+        let dir = data.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| MountError(format!("cannot create {}: {e}", dir.display())))?;
+        let (server, source) = start(&dir)
+            .await
+            .map_err(|e| MountError(format!("cannot start the {name} emulator: {e}")))?;
+        servers.push((name.to_string(), server));
+        sources.push(source);
+    }
     Ok((servers, sources))
 }
 

@@ -73,25 +73,22 @@ fn mount(args: &fetchfs::cli::MountArgs, argv: &[std::ffi::OsString]) -> Result<
 }
 
 fn emulate(p: &EmulateProvider) -> Result<(), String> {
+    let (name, port, router, harness) = p.build()?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let (name, server) = match p {
-            EmulateProvider::Http(c) => {
-                if !c.root.is_dir() {
-                    return Err(format!("--root {} is not a directory", c.root.display()));
-                }
-                let emu = fetchfs::emulate::http::router(&c.root);
-                let s = fetchfs::emulate::serve(emu.router, c.port, emu.harness)
-                    .await
-                    .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", c.port))?;
-                ("http", s)
-            }
-        };
+        let server = fetchfs::emulate::serve(router, port, harness)
+            .await
+            .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
         println!(
             "fetchfs {name} emulator serving on {}/ (Ctrl-C to stop)",
             server.base_url()
         );
-        let _ = tokio::signal::ctrl_c().await;
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
         server.stop().await;
         Ok(())
     })
