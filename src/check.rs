@@ -163,6 +163,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn load_config_names_the_bad_key_and_reads_the_metrics_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let source = "[[source]]\nname = \"a\"\ntype = \"http\"\nurl = \"http://127.0.0.1:1/\"\n";
+        std::fs::write(&p, format!("[metrics]\naddr = \"127.0.0.1:9101\"\n{source}")).unwrap();
+        let cfg = load_config(&p).unwrap();
+        assert_eq!(cfg.metrics_addr, Some("127.0.0.1:9101".parse().unwrap()));
+        std::fs::write(&p, format!("[metrics]\naddr = \"localhost\"\n{source}")).unwrap();
+        let e = load_config(&p).unwrap_err();
+        assert!(e.0.contains("[metrics] addr"), "{e}");
+        std::fs::write(&p, "[cache]\nmemory = \"1GiB\"\n").unwrap();
+        assert!(load_config(&p).unwrap_err().0.contains("no [[source]]"));
+    }
+
+    #[test]
     fn table_aligns_columns_and_shows_failures() {
         let t = table(&[
             SourceReport {

@@ -68,6 +68,13 @@ impl Fixture {
     }
 }
 
+/// `fetchfs mount WHAT... DIR/mnt --foreground`; callers add flags and environment.
+fn foreground(dir: &Path, what: &[&std::ffi::OsStr]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("mount").args(what).arg(dir.join("mnt")).arg("--foreground");
+    cmd
+}
+
 /// Spawns `cmd` (a foreground daemon mounting `guard.mnt()`), logging to `guard.log` unless
 /// the caller redirected stderr, and waits until the mountpoint answers.
 fn spawn_mounted(dir: tempfile::TempDir, mut cmd: Command) -> MountGuard {
@@ -357,10 +364,10 @@ fn the_daemon_runs_without_home_or_path() {
     }
     let fx = fixture();
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    let mut cmd = Command::new(BIN);
+    let url = fx.url();
+    let mut cmd = foreground(dir.path(), &[url.as_ref()]);
     // What `env -i fetchfs mount ...` does: an empty environment.
-    cmd.env_clear().arg("mount").arg(fx.url()).arg(&mnt).arg("--foreground");
+    cmd.env_clear();
     let mut m = spawn_mounted(dir, cmd);
     assert_eq!(read_file(&m.path("hello.txt")), "hello from fetchfs\n");
     m.signal(libc::SIGTERM);
@@ -402,11 +409,8 @@ fn systemd_hears_ready_only_once_the_mount_answers_and_stopping_on_sigterm() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
     let log = dir.path().join("daemon.log");
-    let child = Command::new(BIN)
-        .arg("mount")
-        .arg(fx.url())
-        .arg(&mnt)
-        .arg("--foreground")
+    let url = fx.url();
+    let child = foreground(dir.path(), &[url.as_ref()])
         .env("NOTIFY_SOCKET", &sock_path)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -456,15 +460,8 @@ fn a_secret_from_credentials_directory_is_used_and_never_shown() {
     std::fs::create_dir(&creds).unwrap();
     std::fs::write(creds.join("files.password"), format!("{SECRET}\n")).unwrap();
     let cfg = fx.config(dir.path(), "username = \"alice\"\n");
-    let mnt = dir.path().join("mnt");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("mount")
-        .arg("--config")
-        .arg(&cfg)
-        .arg(&mnt)
-        .arg("--foreground")
-        .env("CREDENTIALS_DIRECTORY", &creds)
-        .env("FETCHFS_LOG", "trace");
+    let mut cmd = foreground(dir.path(), &["--config".as_ref(), cfg.as_ref()]);
+    cmd.env("CREDENTIALS_DIRECTORY", &creds).env("FETCHFS_LOG", "trace");
     let m = spawn_mounted(dir, cmd);
     assert_eq!(read_file(&m.path("files/hello.txt")), "hello from fetchfs\n");
 
@@ -499,13 +496,9 @@ fn a_failed_operation_is_logged_once_with_op_path_and_errno() {
     }
     let fx = fixture();
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("mount")
-        .arg(fx.url())
-        .arg(&mnt)
-        .arg("--foreground")
-        .env("FETCHFS_LOG", "info");
+    let url = fx.url();
+    let mut cmd = foreground(dir.path(), &[url.as_ref()]);
+    cmd.env("FETCHFS_LOG", "info");
     let m = spawn_mounted(dir, cmd);
     assert!(m.path("sub/denied.bin").exists());
     fx.server.harness.faults.set(FaultSpec {
@@ -620,14 +613,9 @@ fn metrics_endpoint_reports_a_read_while_it_happens() {
     std::fs::write(fx.data.path().join("big.bin"), &big).unwrap();
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("mount")
-        .arg(fx.url())
-        .arg(&mnt)
-        .arg("--foreground")
-        .arg("--metrics-addr")
-        .arg(format!("127.0.0.1:{port}"));
+    let url = fx.url();
+    let mut cmd = foreground(dir.path(), &[url.as_ref()]);
+    cmd.arg("--metrics-addr").arg(format!("127.0.0.1:{port}"));
     let m = spawn_mounted(dir, cmd);
     let url = format!("http://127.0.0.1:{port}/metrics");
     let scrape = || {

@@ -85,32 +85,25 @@ pub fn render(core: Option<&FsCore>) -> String {
 
     // Per source, from the Metered decorator.
     let sources = all_sources();
-    o.family(
-        "fetchfs_source_requests_total",
-        "counter",
-        "Source operations (root, list, open, read, readlink) per source.",
-    );
-    for (name, m) in &sources {
-        for (i, op) in SOURCE_OPS.iter().enumerate() {
-            o.sample(
-                "fetchfs_source_requests_total",
-                &[("source", name), ("op", op)],
-                Metrics::get(&m.ops[i].requests),
-            );
-        }
-    }
-    o.family(
-        "fetchfs_source_errors_total",
-        "counter",
-        "Source operations that failed (a read also counts a body cut mid-stream) per source.",
-    );
-    for (name, m) in &sources {
-        for (i, op) in SOURCE_OPS.iter().enumerate() {
-            o.sample(
-                "fetchfs_source_errors_total",
-                &[("source", name), ("op", op)],
-                Metrics::get(&m.ops[i].errors),
-            );
+    for (metric, help, errors) in [
+        (
+            "fetchfs_source_requests_total",
+            "Source operations (root, list, open, read, readlink) per source.",
+            false,
+        ),
+        (
+            "fetchfs_source_errors_total",
+            "Source operations that failed (a read also counts a body cut mid-stream) per source.",
+            true,
+        ),
+    ] {
+        o.family(metric, "counter", help);
+        for (name, m) in &sources {
+            for (i, op) in SOURCE_OPS.iter().enumerate() {
+                let s = &m.ops[i];
+                let v = if errors { &s.errors } else { &s.requests };
+                o.sample(metric, &[("source", name), ("op", op)], Metrics::get(v));
+            }
         }
     }
     o.family(
@@ -217,21 +210,22 @@ pub fn render(core: Option<&FsCore>) -> String {
 
     // FUSE.
     let ops = fuse_op_counts();
-    o.family(
-        "fetchfs_fuse_operations_total",
-        "counter",
-        "FUSE operations served, per op.",
-    );
-    for (op, n, _) in &ops {
-        o.sample("fetchfs_fuse_operations_total", &[("op", op)], n);
-    }
-    o.family(
-        "fetchfs_fuse_errors_total",
-        "counter",
-        "FUSE operations answered with an error, per op.",
-    );
-    for (op, _, n) in &ops {
-        o.sample("fetchfs_fuse_errors_total", &[("op", op)], n);
+    for (metric, help, errors) in [
+        (
+            "fetchfs_fuse_operations_total",
+            "FUSE operations served, per op.",
+            false,
+        ),
+        (
+            "fetchfs_fuse_errors_total",
+            "FUSE operations answered with an error, per op.",
+            true,
+        ),
+    ] {
+        o.family(metric, "counter", help);
+        for (op, n, failed) in &ops {
+            o.sample(metric, &[("op", op)], if errors { failed } else { n });
+        }
     }
     o.0
 }
