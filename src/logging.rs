@@ -8,6 +8,12 @@
 //!   `SYSLOG_IDENTIFIER=fetchfs` when its socket exists, else to syslog (`/dev/log`, facility
 //!   daemon, ident `fetchfs`), else nowhere.
 //!
+//! Either way the message is the same formatted line as on stderr (fields included), so
+//! `journalctl -t fetchfs` shows `operation failed op="open" path=... errno=13 error=...` and
+//! not just "operation failed". That is why journald is spoken to here (its native protocol for
+//! a few text fields is one datagram) rather than through `tracing-journald`, which keeps
+//! the fields out of `MESSAGE`.
+//!
 //! The filter is `FETCHFS_LOG`, else `--log-level`, else the command's default. Colours are
 //! used only when stderr is a terminal.
 
@@ -58,7 +64,10 @@ pub fn init(level: Option<&str>, log_file: Option<&Path>, default: &str, backgro
         return;
     }
     match system_log() {
-        SystemLog::Journald(layer) => tracing_subscriber::registry().with(filter).with(layer).init(),
+        SystemLog::Journald(journal) => {
+            let layer = fmt().with_ansi(false).without_time().with_writer(journal);
+            tracing_subscriber::registry().with(filter).with(layer).init();
+        }
         SystemLog::Syslog => {
             let layer = fmt().with_ansi(false).without_time().with_writer(Syslog::open());
             tracing_subscriber::registry().with(filter).with(layer).init();
@@ -69,21 +78,98 @@ pub fn init(level: Option<&str>, log_file: Option<&Path>, default: &str, backgro
 }
 
 enum SystemLog {
-    Journald(tracing_journald::Layer),
+    Journald(Journald),
     Syslog,
     None,
 }
 
 fn system_log() -> SystemLog {
     if Path::new(JOURNALD_SOCKET).exists()
-        && let Ok(layer) = tracing_journald::layer()
+        && let Ok(sock) = std::os::unix::net::UnixDatagram::unbound()
     {
-        return SystemLog::Journald(layer.with_syslog_identifier("fetchfs".to_string()));
+        return SystemLog::Journald(Journald {
+            sock: std::sync::Arc::new(sock),
+        });
     }
     if Path::new(SYSLOG_SOCKET).exists() {
         return SystemLog::Syslog;
     }
     SystemLog::None
+}
+
+/// Sends each formatted event to journald as one datagram of the native protocol:
+/// `MESSAGE` (length-prefixed, so any byte is allowed), `PRIORITY` and `SYSLOG_IDENTIFIER`.
+#[derive(Clone)]
+struct Journald {
+    sock: std::sync::Arc<std::os::unix::net::UnixDatagram>,
+}
+
+/// Longest message sent: journald refuses datagrams above its socket buffer, and a log line
+/// longer than this is a bug to truncate, not to lose.
+const MAX_JOURNAL_MESSAGE: usize = 48 * 1024;
+
+/// One event being formatted for journald; sent when dropped.
+struct JournalLine {
+    sock: std::sync::Arc<std::os::unix::net::UnixDatagram>,
+    priority: u8,
+    buf: Vec<u8>,
+}
+
+impl Write for JournalLine {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for JournalLine {
+    fn drop(&mut self) {
+        let msg = self.buf.trim_ascii_end();
+        if msg.is_empty() {
+            return;
+        }
+        let msg = &msg[..msg.len().min(MAX_JOURNAL_MESSAGE)];
+        let mut d = Vec::with_capacity(msg.len() + 64);
+        d.extend_from_slice(b"MESSAGE\n");
+        d.extend_from_slice(&(msg.len() as u64).to_le_bytes());
+        d.extend_from_slice(msg);
+        d.extend_from_slice(format!("\nPRIORITY={}\nSYSLOG_IDENTIFIER=fetchfs\n", self.priority).as_bytes());
+        // A full or absent journal must never block or fail an operation: drop the line.
+        let _ = self.sock.send_to(&d, JOURNALD_SOCKET);
+    }
+}
+
+impl<'a> MakeWriter<'a> for Journald {
+    type Writer = JournalLine;
+
+    fn make_writer(&'a self) -> JournalLine {
+        JournalLine {
+            sock: self.sock.clone(),
+            priority: libc::LOG_INFO as u8,
+            buf: Vec::new(),
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> JournalLine {
+        JournalLine {
+            sock: self.sock.clone(),
+            priority: priority(meta.level()) as u8,
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// The syslog priority of a tracing level.
+fn priority(level: &tracing::Level) -> libc::c_int {
+    match *level {
+        tracing::Level::ERROR => libc::LOG_ERR,
+        tracing::Level::WARN => libc::LOG_WARNING,
+        tracing::Level::INFO => libc::LOG_INFO,
+        _ => libc::LOG_DEBUG,
+    }
 }
 
 /// Writes each formatted event as one syslog(3) message at the event's level.
@@ -139,14 +225,8 @@ impl<'a> MakeWriter<'a> for Syslog {
     }
 
     fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> SyslogLine {
-        let priority = match *meta.level() {
-            tracing::Level::ERROR => libc::LOG_ERR,
-            tracing::Level::WARN => libc::LOG_WARNING,
-            tracing::Level::INFO => libc::LOG_INFO,
-            _ => libc::LOG_DEBUG,
-        };
         SyslogLine {
-            priority,
+            priority: priority(meta.level()),
             buf: Vec::new(),
         }
     }

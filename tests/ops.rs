@@ -523,40 +523,67 @@ fn a_failed_operation_is_logged_once_with_op_path_and_errno() {
     assert!(l.contains("errno=13"), "{l}");
 }
 
-/// A bound syslog socket at /dev/log (only when none exists), removed on drop.
-struct FakeSyslog {
+const SYSLOG: &str = "/dev/log";
+const JOURNAL_DIR: &str = "/run/systemd/journal";
+const JOURNAL: &str = "/run/systemd/journal/socket";
+
+/// The daemon picks its log destination by which sockets exist: tests that create them run
+/// one at a time.
+static LOG_SOCKETS: Mutex<()> = Mutex::new(());
+
+/// A bound datagram socket standing in for syslog or journald, created only where neither
+/// exists (a real one is never intercepted) and removed on drop with any directory it made.
+struct FakeLogSocket {
     sock: UnixDatagram,
+    path: &'static str,
+    made_dir: Option<&'static str>,
 }
 
-impl FakeSyslog {
-    fn bind() -> Option<FakeSyslog> {
-        if Path::new("/dev/log").exists() || Path::new("/run/systemd/journal/socket").exists() {
+impl FakeLogSocket {
+    fn bind(path: &'static str) -> Option<FakeLogSocket> {
+        if Path::new(SYSLOG).exists() || Path::new(JOURNAL).exists() {
+            eprintln!("skipping: a real journald or syslog listens here; not intercepting it");
             return None;
         }
-        let sock = UnixDatagram::bind("/dev/log").ok()?;
+        let made_dir = (path == JOURNAL && !Path::new(JOURNAL_DIR).exists()).then_some(JOURNAL_DIR);
+        if let Some(d) = made_dir {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let sock = UnixDatagram::bind(path).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        Some(FakeSyslog { sock })
+        Some(FakeLogSocket { sock, path, made_dir })
+    }
+
+    /// Datagrams until one contains both `a` and `b` (lossy UTF-8), within 10 s.
+    fn recv_containing(&self, a: &str, b: &str) -> String {
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+                if msg.contains(a) && msg.contains(b) {
+                    return msg;
+                }
+                seen.push(msg);
+            }
+        }
+        panic!("no message with {a:?} and {b:?} on {}: {seen:?}", self.path);
     }
 }
 
-impl Drop for FakeSyslog {
+impl Drop for FakeLogSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file("/dev/log");
+        let _ = std::fs::remove_file(self.path);
+        if let Some(d) = self.made_dir {
+            let _ = std::fs::remove_dir(d);
+        }
     }
 }
 
-#[test]
-fn a_background_mount_logs_to_syslog_as_fetchfs() {
-    if !can_mount() {
-        return;
-    }
-    let Some(syslog) = FakeSyslog::bind() else {
-        eprintln!("skipping: a real journald or syslog listens here; not intercepting it");
-        return;
-    };
-    let fx = fixture();
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
+/// Mounts `fx` in the background (no --foreground, no --log-file) and returns the guard.
+fn background_mount(fx: &Fixture, dir: &Path) -> DetachedMount {
+    let mnt = dir.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let m = DetachedMount { mnt: mnt.clone() };
     let out = Command::new(BIN)
@@ -567,25 +594,55 @@ fn a_background_mount_logs_to_syslog_as_fetchfs() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut lines = Vec::new();
-    let mut buf = vec![0u8; 8192];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let ours = |l: &String| l.contains("mounted") && l.contains(&*mnt.to_string_lossy());
-    while Instant::now() < deadline && !lines.iter().any(ours) {
-        if let Ok(n) = syslog.sock.recv(&mut buf) {
-            lines.push(String::from_utf8_lossy(&buf[..n]).to_string());
-        }
+    m
+}
+
+fn unmount_detached(m: &DetachedMount) {
+    let (ok, _, err) = sh(&format!("umount {}", m.mnt.display()), Duration::from_secs(20));
+    assert!(ok, "{err}");
+    assert!(m.wait_daemons_gone(Duration::from_secs(10)));
+}
+
+#[test]
+fn a_background_mount_logs_to_journald_as_fetchfs_with_the_whole_line() {
+    if !can_mount() {
+        return;
     }
-    let line = lines
-        .iter()
-        .find(|l| ours(l))
-        .unwrap_or_else(|| panic!("no 'mounted' line in syslog: {lines:?}"));
+    let _one = LOG_SOCKETS.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(journal) = FakeLogSocket::bind(JOURNAL) else {
+        return;
+    };
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let m = background_mount(&fx, dir.path());
+    let mnt = m.mnt.to_string_lossy().to_string();
+    let msg = journal.recv_containing("mounted", &mnt);
+    assert!(msg.starts_with("MESSAGE\n"), "{msg:?}");
+    assert!(msg.contains("\nPRIORITY=6\n"), "{msg:?}");
+    assert!(msg.contains("\nSYSLOG_IDENTIFIER=fetchfs\n"), "{msg:?}");
+    // The fields are part of the message, as on stderr.
+    assert!(msg.contains(&format!("mountpoint={mnt}")), "{msg:?}");
+    unmount_detached(&m);
+}
+
+#[test]
+fn a_background_mount_logs_to_syslog_as_fetchfs() {
+    if !can_mount() {
+        return;
+    }
+    let _one = LOG_SOCKETS.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(syslog) = FakeLogSocket::bind(SYSLOG) else {
+        return;
+    };
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let m = background_mount(&fx, dir.path());
+    let mnt = m.mnt.to_string_lossy().to_string();
+    let line = syslog.recv_containing("mounted", &mnt);
     // <30> is facility daemon (3) * 8 + info (6).
     assert!(line.starts_with("<30>"), "{line}");
     assert!(line.contains("fetchfs["), "{line}");
-    let (ok, _, err) = sh(&format!("umount {}", mnt.display()), Duration::from_secs(20));
-    assert!(ok, "{err}");
-    assert!(m.wait_daemons_gone(Duration::from_secs(10)));
+    unmount_detached(&m);
 }
 
 fn free_port() -> u16 {
