@@ -291,6 +291,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        crate::metrics::fuse_op("getxattr");
         let Some(name) = name_str(name) else {
             return reply.error(Errno::ENODATA);
         };
@@ -303,6 +304,7 @@ impl Filesystem for FuseFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        crate::metrics::fuse_op("listxattr");
         match self.core.listxattr(ino.0) {
             Ok(names) => {
                 let mut buf = Vec::new();

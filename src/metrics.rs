@@ -48,8 +48,9 @@ pub fn global() -> &'static Metrics {
 pub mod prom;
 pub mod source;
 
-/// FUSE operations counted one by one (`fetchfs_fuse_operations_total{op}`); the adapter's
-/// spawned operations. Fixed, so counting is an index and an atomic add, no lock.
+/// FUSE operations counted one by one (`fetchfs_fuse_operations_total{op}`): those that reach
+/// the core (release, statfs, opendir and the EROFS answers are not counted). Fixed, so
+/// counting is an index and an atomic add, no lock.
 pub const FUSE_OPS: [&str; 9] = [
     "lookup",
     "getattr",
