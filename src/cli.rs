@@ -30,6 +30,14 @@ pub enum Command {
     Demo(DemoArgs),
     /// Serve a provider emulator on 127.0.0.1 (for tests, demos and your own CI).
     Emulate(EmulateArgs),
+    /// Validate a config file, then reach and list every source (run this when a mount fails).
+    Check(crate::check::CheckArgs),
+    /// mount(8) helper: `CONFIG|URL MOUNTPOINT -o OPTIONS` (what /sbin/mount.fuse.fetchfs runs).
+    MountHelper(crate::helper::MountHelperArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(crate::manual::CompletionsArgs),
+    /// Print the man page (roff) to stdout.
+    Man(crate::manual::ManArgs),
 }
 
 /// `fetchfs mount`.
@@ -42,11 +50,11 @@ pub struct MountArgs {
     #[arg(short, long, value_name = "FILE", help_heading = "Sources")]
     pub config: Option<PathBuf>,
     /// Stay attached to the terminal (systemd, debugging); otherwise return once mounted.
-    #[arg(short, long)]
+    #[arg(short, long, help_heading = "Mount")]
     pub foreground: bool,
     /// Mount options, comma separated (as in fstab): allow_other, uid=N, gid=N, ro,
     /// memory=SIZE, block_size=SIZE, read_ahead=SIZE, ttl=DUR, io_timeout=DUR.
-    #[arg(short = 'o', value_name = "OPTIONS", help_heading = "Access")]
+    #[arg(short = 'o', value_name = "OPTIONS", help_heading = "Mount")]
     pub options: Vec<String>,
     /// Let other users (and root) access the mount (needs user_allow_other for non-root).
     #[arg(long, help_heading = "Access")]
@@ -72,6 +80,9 @@ pub struct MountArgs {
     /// Longest a read waits for the network, retries included, before failing with EIO.
     #[arg(long, value_name = "DURATION", help_heading = "Network")]
     pub io_timeout: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9101).
+    #[arg(long, value_name = "IP:PORT", help_heading = "Monitoring")]
+    pub metrics_addr: Option<String>,
 }
 
 /// `fetchfs demo`.
@@ -253,6 +264,14 @@ impl MountArgs {
         }
         if let Some(v) = &self.io_timeout {
             file.network.io_timeout = Some(set_dur(v, "--io-timeout")?);
+        }
+        if let Some(v) = &self.metrics_addr {
+            v.parse::<std::net::SocketAddr>().map_err(|_| {
+                ConfigError::new(format!(
+                    "--metrics-addr '{v}' is not an IP:PORT address like 127.0.0.1:9101"
+                ))
+            })?;
+            file.metrics.addr = Some(v.clone());
         }
         for (k, v) in split_options(&self.options) {
             let need = |v: &Option<String>| {

@@ -134,6 +134,14 @@ pub struct MountSection {
     pub dir_mode: Option<String>,
 }
 
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `IP:PORT` to serve Prometheus metrics on (`/metrics`); absent = no endpoint.
+    pub addr: Option<String>,
+}
+
 /// The file given to `--config`, as written.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -146,6 +154,8 @@ pub struct ConfigFile {
     pub network: NetworkSection,
     #[serde(default)]
     pub mount: MountSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
 }
@@ -238,6 +248,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// Directory of the config file (relative `*_file` paths are resolved against it).
     pub base_dir: PathBuf,
+    /// Where to serve Prometheus metrics (`--metrics-addr`, `[metrics] addr`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -256,6 +268,7 @@ impl Default for Config {
             dir_mode: 0o555,
             sources: Vec::new(),
             base_dir: PathBuf::from("."),
+            metrics_addr: None,
         }
     }
 }
@@ -281,7 +294,7 @@ impl ConfigFile {
             let msg = e.message().trim().to_string();
             match e.span() {
                 Some(span) => {
-                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
                     ConfigError::new(format!("line {line}: {msg}"))
                 }
                 None => ConfigError::new(msg),
@@ -372,6 +385,13 @@ impl ConfigFile {
         }
         if let Some(v) = &m.dir_mode {
             c.dir_mode = parse_mode("[mount] dir_mode", v)? & !0o222;
+        }
+        if let Some(a) = &self.metrics.addr {
+            c.metrics_addr = Some(a.parse().map_err(|_| {
+                ConfigError::new(format!(
+                    "[metrics] addr = '{a}' is not an IP:PORT address like 127.0.0.1:9101"
+                ))
+            })?);
         }
         let mut seen = std::collections::HashSet::new();
         for s in &self.sources {

@@ -41,13 +41,19 @@ impl FuseFs {
         self.core.config().ttl
     }
 
-    /// Runs `fut` on the runtime inside `span`.
-    fn spawn<F>(&self, span: tracing::Span, fut: F)
+    /// Runs `fut` (operation `op`) on the runtime inside `span`.
+    fn spawn<F>(&self, op: &'static str, span: tracing::Span, fut: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         Metrics::add(&global().fuse_ops, 1);
+        crate::metrics::fuse_op(op);
         self.rt.spawn(fut.instrument(span));
+    }
+
+    /// Logs a failed operation on `ino` once (with the inode's path) and returns its errno.
+    fn fail(&self, op: &'static str, ino: u64, e: &FsError) -> Errno {
+        fail(&self.core, op, ino, None, e)
     }
 }
 
@@ -80,16 +86,36 @@ pub fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-/// Logs a failed operation once and returns its errno.
-fn fail(op: &str, e: &FsError) -> Errno {
+/// Logs a failed operation once (op, path, errno, cause) and returns its errno. `child` is the
+/// name looked up in directory `ino`. The path is only computed here, on failure, and only
+/// when the line is going to be written.
+fn fail(core: &FsCore, op: &'static str, ino: u64, child: Option<&str>, e: &FsError) -> Errno {
     let errno = e.errno();
     Metrics::add(&global().fuse_errors, 1);
+    crate::metrics::fuse_error(op);
     match e {
         // Expected outcomes of ordinary use (`ls` of a missing name, probing xattrs).
-        FsError::NotFound | FsError::NoAttr => tracing::debug!(op, errno, error = %e, "operation failed"),
-        _ => tracing::warn!(op, errno, error = %e, "operation failed"),
+        FsError::NotFound | FsError::NoAttr => {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let path = op_path(core, ino, child);
+                tracing::debug!(op, path, ino, errno, error = %e, "operation failed");
+            }
+        }
+        _ => {
+            let path = op_path(core, ino, child);
+            tracing::warn!(op, path, ino, errno, error = %e, "operation failed");
+        }
     }
     Errno::from_i32(errno)
+}
+
+fn op_path(core: &FsCore, ino: u64, child: Option<&str>) -> String {
+    let dir = core.path_of(ino);
+    match child {
+        Some(c) if dir == "/" => format!("/{c}"),
+        Some(c) => format!("{dir}/{c}"),
+        None => dir,
+    }
 }
 
 fn name_str(name: &OsStr) -> Option<String> {
@@ -118,10 +144,10 @@ impl Filesystem for FuseFs {
         let core = self.core.clone();
         let ttl = self.ttl();
         let span = tracing::debug_span!("lookup", parent = parent.0, name = %name);
-        self.spawn(span, async move {
+        self.spawn("lookup", span, async move {
             match core.lookup(parent.0, &name).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
-                Err(e) => reply.error(fail("lookup", &e)),
+                Err(e) => reply.error(fail(&core, "lookup", parent.0, Some(&name), &e)),
             }
         });
     }
@@ -129,20 +155,20 @@ impl Filesystem for FuseFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let core = self.core.clone();
         let ttl = self.ttl();
-        self.spawn(tracing::debug_span!("getattr", ino = ino.0), async move {
+        self.spawn("getattr", tracing::debug_span!("getattr", ino = ino.0), async move {
             match core.getattr(ino.0).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
-                Err(e) => reply.error(fail("getattr", &e)),
+                Err(e) => reply.error(fail(&core, "getattr", ino.0, None, &e)),
             }
         });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let core = self.core.clone();
-        self.spawn(tracing::debug_span!("readlink", ino = ino.0), async move {
+        self.spawn("readlink", tracing::debug_span!("readlink", ino = ino.0), async move {
             match core.readlink(ino.0).await {
                 Ok(t) => reply.data(t.as_bytes()),
-                Err(e) => reply.error(fail("readlink", &e)),
+                Err(e) => reply.error(fail(&core, "readlink", ino.0, None, &e)),
             }
         });
     }
@@ -152,7 +178,7 @@ impl Filesystem for FuseFs {
             return reply.error(Errno::EROFS);
         }
         let core = self.core.clone();
-        self.spawn(tracing::debug_span!("open", ino = ino.0), async move {
+        self.spawn("open", tracing::debug_span!("open", ino = ino.0), async move {
             match core.open(ino.0).await {
                 Ok((fh, keep)) => {
                     let f = if keep {
@@ -162,7 +188,7 @@ impl Filesystem for FuseFs {
                     };
                     reply.opened(FileHandle(fh), f)
                 }
-                Err(e) => reply.error(fail("open", &e)),
+                Err(e) => reply.error(fail(&core, "open", ino.0, None, &e)),
             }
         });
     }
@@ -180,10 +206,10 @@ impl Filesystem for FuseFs {
     ) {
         let core = self.core.clone();
         let span = tracing::debug_span!("read", ino = ino.0, fh = fh.0, offset, size);
-        self.spawn(span, async move {
+        self.spawn("read", span, async move {
             match core.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
-                Err(e) => reply.error(fail("read", &e)),
+                Err(e) => reply.error(fail(&core, "read", ino.0, None, &e)),
             }
         });
     }
@@ -211,44 +237,52 @@ impl Filesystem for FuseFs {
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let core = self.core.clone();
-        self.spawn(tracing::debug_span!("readdir", ino = ino.0, offset), async move {
-            match core.readdir(ino.0, offset, READDIR_BATCH).await {
-                Ok(items) => {
-                    for it in items {
-                        if reply.add(INodeNo(it.attr.ino), it.next, kind(it.attr.kind), &it.name) {
-                            break;
+        self.spawn(
+            "readdir",
+            tracing::debug_span!("readdir", ino = ino.0, offset),
+            async move {
+                match core.readdir(ino.0, offset, READDIR_BATCH).await {
+                    Ok(items) => {
+                        for it in items {
+                            if reply.add(INodeNo(it.attr.ino), it.next, kind(it.attr.kind), &it.name) {
+                                break;
+                            }
                         }
+                        reply.ok()
                     }
-                    reply.ok()
+                    Err(e) => reply.error(fail(&core, "readdir", ino.0, None, &e)),
                 }
-                Err(e) => reply.error(fail("readdir", &e)),
-            }
-        });
+            },
+        );
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let core = self.core.clone();
         let ttl = self.ttl();
-        self.spawn(tracing::debug_span!("readdirplus", ino = ino.0, offset), async move {
-            match core.readdir(ino.0, offset, READDIR_BATCH).await {
-                Ok(items) => {
-                    for it in items {
-                        if reply.add(
-                            INodeNo(it.attr.ino),
-                            it.next,
-                            &it.name,
-                            &ttl,
-                            &file_attr(&it.attr),
-                            Generation(0),
-                        ) {
-                            break;
+        self.spawn(
+            "readdirplus",
+            tracing::debug_span!("readdirplus", ino = ino.0, offset),
+            async move {
+                match core.readdir(ino.0, offset, READDIR_BATCH).await {
+                    Ok(items) => {
+                        for it in items {
+                            if reply.add(
+                                INodeNo(it.attr.ino),
+                                it.next,
+                                &it.name,
+                                &ttl,
+                                &file_attr(&it.attr),
+                                Generation(0),
+                            ) {
+                                break;
+                            }
                         }
+                        reply.ok()
                     }
-                    reply.ok()
+                    Err(e) => reply.error(fail(&core, "readdirplus", ino.0, None, &e)),
                 }
-                Err(e) => reply.error(fail("readdirplus", &e)),
-            }
-        });
+            },
+        );
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -257,6 +291,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        crate::metrics::fuse_op("getxattr");
         let Some(name) = name_str(name) else {
             return reply.error(Errno::ENODATA);
         };
@@ -264,11 +299,12 @@ impl Filesystem for FuseFs {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() <= size as usize => reply.data(&v),
             Ok(_) => reply.error(Errno::ERANGE),
-            Err(e) => reply.error(fail("getxattr", &e)),
+            Err(e) => reply.error(self.fail("getxattr", ino.0, &e)),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        crate::metrics::fuse_op("listxattr");
         match self.core.listxattr(ino.0) {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -284,7 +320,7 @@ impl Filesystem for FuseFs {
                     reply.error(Errno::ERANGE)
                 }
             }
-            Err(e) => reply.error(fail("listxattr", &e)),
+            Err(e) => reply.error(self.fail("listxattr", ino.0, &e)),
         }
     }
 

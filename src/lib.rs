@@ -1,5 +1,6 @@
 //! fetchfs mounts remote file-download APIs as read-only directories.
 pub mod cache;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -7,7 +8,10 @@ pub mod emulate;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod helper;
 pub mod http;
+pub mod logging;
+pub mod manual;
 pub mod metrics;
 pub mod mount;
 pub mod notify;

@@ -6,37 +6,25 @@ use clap::Parser;
 use fetchfs::cli::{Cli, Command, EmulateProvider};
 
 fn init_logging(cli: &Cli, default: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("FETCHFS_LOG")
-        .ok()
-        .or_else(|| cli.log_level.clone())
-        .unwrap_or_else(|| default.to_string());
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| {
-        eprintln!("fetchfs: ignoring bad log filter '{filter}', using '{default}'");
-        EnvFilter::new(default)
-    });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    if let Some(path) = &cli.log_file {
-        match std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            Ok(f) => {
-                builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init();
-                return;
-            }
-            Err(e) => eprintln!(
-                "fetchfs: cannot open log file {}: {e}; logging to stderr",
-                path.display()
-            ),
-        }
-    }
-    builder.with_writer(std::io::stderr).init();
+    fetchfs::logging::init_for(&cli.log_level, &cli.log_file, default);
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // As /sbin/mount.fuse.fetchfs (or `fetchfs mount-helper`), mount(8)'s arguments become a
+    // `fetchfs mount` command line; `argv` is also what a background mount re-executes.
+    let argv = match fetchfs::helper::effective_args(std::env::args_os().collect()) {
+        Ok(Some(argv)) => argv,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("fetchfs: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(&argv);
     let result: Result<(), String> = match &cli.command {
         Command::Mount(args) => {
             init_logging(&cli, "info");
-            mount(args)
+            mount(args, &argv[1..])
         }
         Command::Demo(args) => {
             init_logging(&cli, "warn");
@@ -46,6 +34,16 @@ fn main() -> ExitCode {
             init_logging(&cli, "info");
             emulate(&args.provider)
         }
+        Command::Check(args) => {
+            init_logging(&cli, "warn");
+            fetchfs::check::run(args)
+        }
+        Command::MountHelper(_) => Err("mount-helper needs CONFIG|URL MOUNTPOINT [-o OPTIONS]".to_string()),
+        Command::Completions(args) => {
+            fetchfs::manual::completions(args.shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man(args) => fetchfs::manual::man(args.subcommand.as_deref(), &mut std::io::stdout()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,15 +54,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn mount(args: &fetchfs::cli::MountArgs) -> Result<(), String> {
+fn mount(args: &fetchfs::cli::MountArgs, argv: &[std::ffi::OsString]) -> Result<(), String> {
     let (url, mountpoint) = args.split_targets().map_err(|e| e.to_string())?;
     let _ = url;
     let (config, single_root, fsname) = args.to_config().map_err(|e| e.to_string())?;
     if !args.foreground {
         // Check what can be checked before detaching, so the common mistakes print here.
         fetchfs::mount::check_mountpoint(&mountpoint).map_err(|e| e.to_string())?;
-        let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        return fetchfs::mount::run_background(&argv).map_err(|e| e.to_string());
+        return fetchfs::mount::run_background(argv).map_err(|e| e.to_string());
     }
     let req = fetchfs::mount::MountRequest {
         config,

@@ -100,7 +100,7 @@ pub async fn build_sources(cfg: &Config) -> Result<Vec<Mounted>, MountError> {
     let mut out = Vec::new();
     for sc in &cfg.sources {
         let name = sc.name().to_string();
-        let source = crate::provider::build(sc, &ctx).await?;
+        let source = crate::metrics::source::Metered::wrap(&name, crate::provider::build(sc, &ctx).await?);
         let limit = cfg.http.op_timeout + Duration::from_secs(5);
         let root = match tokio::time::timeout(limit, source.root()).await {
             Err(_) => {
@@ -154,8 +154,13 @@ fn serve(req: MountRequest, ready_fd: Option<RawFd>) -> Result<(), MountError> {
         .build()
         .map_err(|e| MountError(format!("cannot start the I/O runtime: {e}")))?;
     let cfg = &req.config;
+    crate::notify::status("Reaching the sources");
     let sources = rt.block_on(build_sources(cfg))?;
     let core = FsCore::new(CoreConfig::from_config(cfg), sources, req.single_root);
+    if let Some(addr) = cfg.metrics_addr {
+        crate::metrics::prom::start(&rt, addr, core.clone())
+            .map_err(|e| MountError(format!("cannot serve metrics on {addr}: {e}")))?;
+    }
     let session = mount_core(core.clone(), &rt, &mountpoint, cfg, &req.fsname)?;
     let result = rt.block_on(async {
         after_mount(&mountpoint, cfg).await?;

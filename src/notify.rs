@@ -13,6 +13,14 @@ pub fn ready(status: &str) {
     }
 }
 
+/// Shows `status` in `systemctl status` while starting.
+pub fn status(status: &str) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let _ = sd_notify::notify(&[NotifyState::Status(status)]);
+}
+
 /// Tells systemd the daemon is stopping.
 pub fn stopping() {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {

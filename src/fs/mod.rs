@@ -661,6 +661,33 @@ impl FsCore {
         }
     }
 
+    /// The path of `ino` inside the mount (`/dir/file`), for log lines about failed operations;
+    /// `?` stands for an inode the table no longer knows. Walks the parent chain, so call it on
+    /// failures only.
+    pub fn path_of(&self, ino: u64) -> String {
+        let t = self.table.lock().unwrap();
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        // Bounded by the table size: a cycle would be a bug, not a reason to hang a log line.
+        for _ in 0..=t.len() {
+            if cur == ROOT {
+                break;
+            }
+            match t.get(cur) {
+                Some(n) => {
+                    parts.push(n.entry.name.clone());
+                    cur = n.parent;
+                }
+                None => {
+                    parts.push("?".to_string());
+                    break;
+                }
+            }
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+
     /// Number of inodes known (tests, stats).
     pub fn inode_count(&self) -> usize {
         self.table.lock().unwrap().len()
