@@ -1,4 +1,5 @@
 //! fetchfs mounts remote file-download APIs as read-only directories.
+pub mod cache;
 pub mod config;
 pub mod emulate;
 pub mod error;
