@@ -17,5 +17,6 @@
 
 pub mod disk;
 mod key;
+pub mod warm;
 
 pub use key::BlockKey;

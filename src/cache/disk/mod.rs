@@ -46,7 +46,8 @@ mod lock;
 pub use format::FormatError;
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -238,10 +239,7 @@ impl DiskCache {
         let id = BlockId::new(key, self.block_size);
         let found = {
             let mut st = self.state();
-            match st.lru.get(&id).copied() {
-                Some(len) => Some((len, st.stamp())),
-                None => None,
-            }
+            st.lru.get(&id).copied().map(|len| (len, st.stamp()))
         };
         let Some((len, stamp)) = found else {
             self.count_miss();
@@ -454,8 +452,8 @@ impl DiskCache {
     }
 
     fn read_block(&self, id: &BlockId, key: &BlockKey, len: u64, stamp: SystemTime) -> Result<Bytes, ReadFailure> {
-        let mut file = File::open(id.path(&self.blocks)).map_err(ReadFailure::Io)?;
-        let buf = read_exact_into_new(&mut file, len as usize).map_err(ReadFailure::Io)?;
+        let file = File::open(id.path(&self.blocks)).map_err(ReadFailure::Io)?;
+        let buf = read_exact_into_new(&file, len as usize).map_err(ReadFailure::Io)?;
         let payload = format::decode(buf, key, self.block_size).map_err(ReadFailure::Format)?;
         // The LRU stamp that survives a restart; failing it only makes eviction less precise.
         if let Err(e) = file.set_modified(stamp) {
@@ -487,10 +485,33 @@ fn is_resource_error(e: &io::Error) -> bool {
     )
 }
 
-/// Reads exactly `len` bytes into a new buffer of exactly that size, usually in one `read`.
-fn read_exact_into_new(file: &mut File, len: usize) -> io::Result<BytesMut> {
-    let mut buf = BytesMut::zeroed(len);
-    file.read_exact(&mut buf)?;
+/// Reads exactly `len` bytes into a new buffer of exactly that size, usually in one `read(2)`.
+///
+/// The buffer is filled straight from the page cache without zeroing it first: zeroing 1 MiB
+/// costs about 20 µs, some 8 % of a whole warm hit (`examples/disk_cache_bench.rs`).
+fn read_exact_into_new(file: &File, len: usize) -> io::Result<BytesMut> {
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let want = len - buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..want];
+        // SAFETY: `spare` is writable memory owned by `buf`, and read(2) writes at most
+        // `spare.len()` bytes into it.
+        let n = unsafe { libc::read(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+        match n {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            n => {
+                let n = (n as usize).min(want);
+                // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+            }
+        }
+    }
     Ok(buf)
 }
 
