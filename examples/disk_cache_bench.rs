@@ -16,6 +16,9 @@ use fetchfs::cache::disk::DiskCache;
 const BLOCK: u64 = 1 << 20;
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("scan") {
+        return scan(std::env::args().nth(2).map_or(50_000, |n| n.parse().expect("a number")));
+    }
     let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
     let mib = args.first().copied().unwrap_or(512);
     let passes = args.get(1).copied().unwrap_or(5);
@@ -101,6 +104,27 @@ fn main() {
         cache.stats().blocks,
         t.elapsed().as_secs_f64() * 1e3
     );
+}
+
+/// `disk_cache_bench scan N`: time of the scan on open for N (tiny) blocks.
+fn scan(n: u64) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("cache");
+    let cache = DiskCache::open(&dir, u64::MAX, 4096).expect("open");
+    for i in 0..n {
+        cache.put(&BlockKey::new("bench", "f", "v", i), b"x");
+    }
+    drop(cache);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let cache = DiskCache::open(&dir, u64::MAX, 4096).expect("reopen");
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        println!(
+            "reopen with {} blocks: {ms:.0} ms ({:.1} us per block)",
+            cache.stats().blocks,
+            ms * 1e3 / n as f64
+        );
+    }
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -419,6 +419,18 @@ fn clear_is_refused_while_a_daemon_holds_the_directory_and_frees_everything_afte
 }
 
 #[test]
+fn clear_of_a_directory_that_is_no_cache_touches_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    fs::write(t.path().join("precious"), b"data").unwrap();
+    assert_eq!(DiskCache::clear(t.path()).unwrap(), 0);
+    let names: Vec<_> = fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec!["precious"]);
+}
+
+#[test]
 fn concurrent_puts_and_gets_return_exact_bytes_and_respect_the_cap() {
     let (_t, dir) = cache_dir();
     let cap = 10 * file_len(4096);
@@ -426,7 +438,6 @@ fn concurrent_puts_and_gets_return_exact_bytes_and_respect_the_cap() {
     std::thread::scope(|s| {
         for t in 0..4u64 {
             let c = &c;
-            let dir = &dir;
             s.spawn(move || {
                 for n in 0..300u64 {
                     let i = (n * 7 + t * 3) % 25;
@@ -436,9 +447,9 @@ fn concurrent_puts_and_gets_return_exact_bytes_and_respect_the_cap() {
                     } else if let Some(b) = c.get(&key(i)) {
                         assert_eq!(b, payload(i, len));
                     }
-                    if n % 50 == 0 {
-                        assert!(disk_bytes(dir) <= cap);
-                    }
+                    // A walk of the directory while others write can see a file twice (in
+                    // tmp/, then renamed): check the accounting here and the files at rest.
+                    assert!(c.stats().bytes <= cap);
                 }
             });
         }
@@ -448,7 +459,7 @@ fn concurrent_puts_and_gets_return_exact_bytes_and_respect_the_cap() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
     fn the_cap_is_never_exceeded_under_random_puts(
@@ -469,10 +480,11 @@ proptest! {
             } else {
                 c.put(&key(i), &payload(i, len));
                 prop_assert!(c.get(&key(i)).is_some(), "a block that fits is stored");
+                // Only puts add bytes, so checking after each put covers every state.
+                let on_disk = disk_bytes(&dir);
+                prop_assert!(on_disk <= cap, "{} bytes on disk, cap {}", on_disk, cap);
+                prop_assert_eq!(c.stats().bytes, on_disk);
             }
-            let on_disk = disk_bytes(&dir);
-            prop_assert!(on_disk <= cap, "{} bytes on disk, cap {}", on_disk, cap);
-            prop_assert_eq!(c.stats().bytes, on_disk);
         }
         let before = c.stats();
         drop(c);
