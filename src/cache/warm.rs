@@ -16,6 +16,7 @@
 //! is reported with its path and counted; it never stops the walk.
 
 use std::collections::HashSet;
+use std::fmt::Display;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -116,7 +117,11 @@ fn list_files(paths: &[PathBuf], report: &Reporter) -> Vec<(PathBuf, u64)> {
                 Ok(entry) => entry,
                 Err(e) => {
                     let path = e.path().unwrap_or(root).to_path_buf();
-                    report.error(&path, &io::Error::from(e));
+                    // The io::Error alone: walkdir's own message repeats the path.
+                    match e.io_error() {
+                        Some(io) => report.error(&path, io),
+                        None => report.error(&path, &e),
+                    }
                     continue;
                 }
             };
@@ -129,7 +134,7 @@ fn list_files(paths: &[PathBuf], report: &Reporter) -> Vec<(PathBuf, u64)> {
                         files.push((entry.into_path(), meta.len()));
                     }
                 }
-                Err(e) => report.error(entry.path(), &io::Error::from(e)),
+                Err(e) => report.error(entry.path(), e.io_error().map_or(&e as &dyn Display, |io| io)),
             }
         }
     }
@@ -158,7 +163,7 @@ struct Reporter {
 }
 
 impl Reporter {
-    fn error(&self, path: &std::path::Path, e: &io::Error) {
+    fn error(&self, path: &std::path::Path, e: &dyn Display) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let line = format!("fetchfs: cannot warm {}: {e}", path.display());
         if self.bar.is_hidden() {
