@@ -155,17 +155,31 @@ pub struct ConfigFile {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceConfig {
     Http(crate::provider::http::HttpConfig),
+    Doris(crate::provider::doris::DorisConfig),
+    Huawei(crate::provider::huawei::HuaweiConfig),
 }
 
 impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::Http(c) => &c.name,
+            SourceConfig::Doris(c) => &c.name,
+            SourceConfig::Huawei(c) => &c.name,
         }
     }
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Http(_) => "http",
+            SourceConfig::Doris(_) => "doris",
+            SourceConfig::Huawei(_) => "huawei",
+        }
+    }
+    /// Whether the section holds a secret written inline (the file must then be private).
+    pub fn has_inline_secret(&self) -> bool {
+        match self {
+            SourceConfig::Http(c) => c.has_inline_secret(),
+            SourceConfig::Doris(c) => c.has_inline_secret(),
+            SourceConfig::Huawei(c) => c.has_inline_secret(),
         }
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::Harness;
 
 /// Listing page styles.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ListingStyle {
     /// `<pre>` with exact sizes, as nginx's default autoindex.
@@ -43,6 +43,12 @@ pub struct HttpBehaviour {
     pub no_etag: bool,
     /// Redirect every file request once through `/__redirect/…`.
     pub redirect: bool,
+    /// Redirect every file request to this base URL (another host), same path.
+    pub redirect_to: Option<String>,
+    /// Require `Authorization: Basic base64(user:password)` with this `user:password`.
+    pub basic_auth: Option<String>,
+    /// Require this header (`name: value`) on every request, as an API key.
+    pub require_header: Option<(String, String)>,
     pub style: ListingStyle,
 }
 
@@ -91,6 +97,23 @@ pub fn router(root: &Path) -> HttpEmulator {
 
 async fn serve_path(State(s): State<AppState>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
     let b = s.behaviour.lock().unwrap().clone();
+    if let Some(cred) = &b.basic_auth {
+        use base64::Engine;
+        let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(cred));
+        if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(want.as_str()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Basic realm=\"fetchfs\"")],
+                "401 Unauthorized",
+            )
+                .into_response();
+        }
+    }
+    if let Some((name, value)) = &b.require_header {
+        if headers.get(name.as_str()).and_then(|v| v.to_str().ok()) != Some(value.as_str()) {
+            return (StatusCode::FORBIDDEN, "403 Forbidden").into_response();
+        }
+    }
     let raw = uri.path();
     let (redirected, raw) = match raw.strip_prefix("/__redirect") {
         Some(rest) => (true, rest.to_string()),
@@ -112,6 +135,9 @@ async fn serve_path(State(s): State<AppState>, method: Method, uri: Uri, headers
             return redirect(&format!("{raw}/"));
         }
         return listing(&path, &raw, b.style).await;
+    }
+    if let Some(base) = b.redirect_to.as_ref().filter(|_| !redirected) {
+        return redirect(&format!("{}/__redirect{raw}", base.trim_end_matches('/')));
     }
     if b.redirect && !redirected {
         return redirect(&format!("/__redirect{raw}"));

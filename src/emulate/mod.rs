@@ -12,7 +12,9 @@
 //!   per file" or "no data request after a remount".
 //! * [`serve`]: binds, spawns, and returns a handle that stops the server when dropped.
 
+pub mod doris;
 pub mod http;
+pub mod huawei;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

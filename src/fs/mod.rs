@@ -1,1 +1,667 @@
+//! The filesystem core: everything a FUSE operation means, without FUSE.
+//!
+//! [`FsCore`] maps inode numbers to provider entries ([`inode`]), keeps directory listings and
+//! attributes for the metadata TTL, opens files at a pinned version ([`crate::source::Opened`]),
+//! and serves reads through the block cache ([`crate::cache`]) with a per-handle prefetcher and
+//! checksum verifier ([`verify`]). The FUSE adapter (`crate::fuse`) only converts arguments and
+//! replies; tests drive this type directly.
+//!
+//! ## Locks
+//! * `table` (std mutex): the inode table. Held only for lookups/updates, never across `.await`.
+//! * `dir_locks` (one tokio mutex per directory being listed): makes listing single-flight, so
+//!   100 parallel `stat`s of one stale directory cause one `list` call. May be held across the
+//!   provider call; never taken while `table` is held.
+//! * `handles` (std mutex): fh → handle. Each handle's verifier has its own tokio mutex.
+//!
+//! ## Versions and the kernel page cache
+//! Each open asks the provider for the current version (revalidating when the metadata is older
+//! than the TTL). If the version is the one whose pages the kernel may hold, the open replies
+//! `FOPEN_KEEP_CACHE`, so warm re-reads never reach the daemon; otherwise the inode's pages and
+//! attributes are invalidated first. A version that failed its checksum is remembered: every
+//! later read of it fails with EIO until the provider's validator changes.
+
+pub mod inode;
 pub mod name;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::cache::memory::{BlockCache, FileCtx, FileKey, Priority};
+use crate::cache::prefetch::Prefetcher;
+use crate::error::SourceError;
+use crate::metrics::{Metrics, global};
+use crate::source::{Entry, EntryKind, OpenRequest, Source};
+use inode::{InodeTable, Listing, Node, ROOT};
+use verify::{Verdict, Verifier};
+
+/// Errors of filesystem operations, each with one errno.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("bad file handle")]
+    BadHandle,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("this version failed its checksum earlier: {0}")]
+    BadVersion(String),
+}
+
+impl FsError {
+    /// The errno the caller sees. Exhaustive on purpose.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::Source(e) => e.errno(),
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::BadHandle => libc::EBADF,
+            FsError::NoAttr => libc::ENODATA,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::BadVersion(_) => libc::EIO,
+        }
+    }
+}
+
+pub type FsResult<T> = Result<T, FsError>;
+
+/// Attributes of one inode as the core reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One directory entry with its attributes (for readdirplus).
+#[derive(Debug, Clone)]
+pub struct DirItem {
+    pub name: String,
+    pub attr: Attr,
+    /// Offset of the next entry.
+    pub next: u64,
+}
+
+/// The settings the core needs.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u32,
+    pub dir_mode: u32,
+    pub block_size: u64,
+    pub memory: u64,
+    pub max_window: u64,
+    pub max_request: u64,
+    pub io_timeout: Duration,
+}
+
+impl CoreConfig {
+    pub fn from_config(c: &crate::config::Config) -> CoreConfig {
+        CoreConfig {
+            ttl: c.ttl,
+            negative_ttl: c.negative_ttl,
+            uid: c.uid,
+            gid: c.gid,
+            file_mode: c.file_mode,
+            dir_mode: c.dir_mode,
+            block_size: c.cache.block_size,
+            memory: c.cache.memory,
+            max_window: c.cache.max_window,
+            max_request: (8 << 20u64).max(c.cache.block_size),
+            io_timeout: c.http.op_timeout,
+        }
+    }
+}
+
+/// A named source and its root entry.
+pub struct Mounted {
+    pub name: String,
+    pub source: Arc<dyn Source>,
+    pub root: Entry,
+}
+
+struct Handle {
+    ino: u64,
+    ctx: Arc<FileCtx>,
+    validator: String,
+    prefetch: Mutex<Prefetcher>,
+    verifier: tokio::sync::Mutex<Option<Verifier>>,
+}
+
+/// Called to drop the kernel's cached pages and attributes of an inode.
+pub type Invalidate = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// The filesystem.
+pub struct FsCore {
+    cfg: CoreConfig,
+    sources: Vec<Mounted>,
+    table: Mutex<InodeTable>,
+    dir_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    cache: Arc<BlockCache>,
+    invalidate: OnceLock<Invalidate>,
+}
+
+impl FsCore {
+    /// A core over `sources`. With `single_root`, the one source is the mount root; otherwise
+    /// the root lists one directory per source.
+    pub fn new(cfg: CoreConfig, sources: Vec<Mounted>, single_root: bool) -> Arc<FsCore> {
+        let now = Instant::now();
+        let cache = BlockCache::new(cfg.memory, cfg.block_size, cfg.max_request, cfg.io_timeout);
+        let root_node = |source, entry| Node {
+            ino: ROOT,
+            parent: ROOT,
+            source,
+            entry,
+            confirmed: now,
+            listing: None,
+            kernel_validator: None,
+            bad_version: None,
+        };
+        let table = if single_root {
+            let root = sources
+                .first()
+                .map(|m| m.root.clone())
+                .unwrap_or_else(|| Entry::dir("", ""));
+            InodeTable::new(root_node(Some(0), root))
+        } else {
+            let mut root = Entry::dir("", "");
+            root.mtime = SystemTime::now();
+            let mut t = InodeTable::new(root_node(None, root));
+            let mut children = Vec::new();
+            let mut by_name = HashMap::new();
+            for (i, m) in sources.iter().enumerate() {
+                let mut e = m.root.clone();
+                e.name = m.name.clone();
+                e.kind = EntryKind::Dir;
+                let ino = t.upsert(ROOT, Some(i), e, now);
+                children.push((m.name.clone(), ino));
+                by_name.insert(m.name.clone(), ino);
+            }
+            t.get_mut(ROOT).unwrap().listing = Some(Listing {
+                children,
+                by_name,
+                fetched: now,
+            });
+            t
+        };
+        Arc::new(FsCore {
+            cfg,
+            sources,
+            table: Mutex::new(table),
+            dir_locks: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            cache,
+            invalidate: OnceLock::new(),
+        })
+    }
+
+    /// Installs the callback that invalidates kernel caches (set once the session exists).
+    pub fn set_invalidate(&self, f: Invalidate) {
+        let _ = self.invalidate.set(f);
+    }
+
+    pub fn cache(&self) -> &Arc<BlockCache> {
+        &self.cache
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    fn invalidate_kernel(&self, ino: u64) {
+        if let Some(f) = self.invalidate.get() {
+            let f = f.clone();
+            // The kernel may wait for pages locked by a read we are about to answer: never
+            // invalidate from the thread that will send that answer.
+            tokio::task::spawn_blocking(move || f(ino));
+        }
+    }
+
+    fn attr_of(&self, node: &Node) -> Attr {
+        let e = &node.entry;
+        let default_mode = match e.kind {
+            EntryKind::Dir => self.cfg.dir_mode,
+            EntryKind::File => self.cfg.file_mode,
+            EntryKind::Symlink => 0o777,
+        };
+        let perm = match (e.kind, e.mode) {
+            (EntryKind::Symlink, _) => 0o777,
+            (_, Some(m)) => m & 0o7777 & !0o222,
+            (_, None) => default_mode,
+        };
+        let size = match e.kind {
+            EntryKind::Dir => 0,
+            EntryKind::Symlink => e.symlink_target.as_ref().map_or(e.size, |t| t.len() as u64),
+            EntryKind::File => e.size,
+        };
+        Attr {
+            ino: node.ino,
+            kind: e.kind,
+            size,
+            mtime: e.mtime,
+            perm: perm as u16,
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+        }
+    }
+
+    fn dir_lock(&self, ino: u64) -> Arc<tokio::sync::Mutex<()>> {
+        self.dir_locks.lock().unwrap().entry(ino).or_default().clone()
+    }
+
+    /// The children of directory `ino`, listed again when older than `max_age`.
+    async fn children(&self, ino: u64, max_age: Duration) -> FsResult<Arc<Listing>> {
+        let fresh = |t: &InodeTable| -> FsResult<Option<Arc<Listing>>> {
+            let node = t.get(ino).ok_or(FsError::NotFound)?;
+            if node.entry.kind != EntryKind::Dir {
+                return Err(FsError::NotDir);
+            }
+            Ok(match (&node.listing, node.source) {
+                (Some(l), None) => Some(Arc::new(l.clone())),
+                (Some(l), Some(_)) if l.fetched.elapsed() < max_age => Some(Arc::new(l.clone())),
+                _ => None,
+            })
+        };
+        if let Some(l) = fresh(&self.table.lock().unwrap())? {
+            return Ok(l);
+        }
+        let lock = self.dir_lock(ino);
+        let _guard = lock.lock().await;
+        let (idx, entry) = {
+            let t = self.table.lock().unwrap();
+            if let Some(l) = fresh(&t)? {
+                return Ok(l);
+            }
+            let node = t.get(ino).ok_or(FsError::NotFound)?;
+            (
+                node.source.expect("synthetic root always has a listing"),
+                node.entry.clone(),
+            )
+        };
+        let source = &self.sources[idx];
+        let entries = source.source.list(&entry).await?;
+        let now = Instant::now();
+        let mut t = self.table.lock().unwrap();
+        let mut children = Vec::with_capacity(entries.len());
+        let mut by_name = HashMap::with_capacity(entries.len());
+        for e in entries {
+            if let Err(why) = name::check(&e.name) {
+                tracing::warn!(source = %source.name, dir = %entry.remote, name = ?e.name, why, "skipping an entry whose name cannot be a file name");
+                continue;
+            }
+            if by_name.contains_key(&e.name) {
+                tracing::warn!(source = %source.name, dir = %entry.remote, name = %e.name, "skipping a duplicate name");
+                continue;
+            }
+            let name = e.name.clone();
+            let child = t.upsert(ino, Some(idx), e, now);
+            children.push((name.clone(), child));
+            by_name.insert(name, child);
+        }
+        let listing = Listing {
+            children,
+            by_name,
+            fetched: now,
+        };
+        let node = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        node.listing = Some(listing.clone());
+        node.confirmed = now;
+        Ok(Arc::new(listing))
+    }
+
+    /// FUSE lookup: the attributes of `name` in directory `parent`.
+    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        let listing = self.children(parent, self.cfg.ttl).await?;
+        let found = listing.by_name.get(name).copied();
+        let ino = match found {
+            Some(ino) => ino,
+            None => {
+                // Negative entries are trusted for the negative TTL only.
+                if listing.fetched.elapsed() < self.cfg.negative_ttl {
+                    return Err(FsError::NotFound);
+                }
+                let listing = self.children(parent, self.cfg.negative_ttl).await?;
+                *listing.by_name.get(name).ok_or(FsError::NotFound)?
+            }
+        };
+        let t = self.table.lock().unwrap();
+        Ok(self.attr_of(t.get(ino).ok_or(FsError::NotFound)?))
+    }
+
+    /// FUSE getattr: attributes, refreshed from the parent's listing after the TTL.
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let (parent, stale, is_source_root) = {
+            let t = self.table.lock().unwrap();
+            let node = t.get(ino).ok_or(FsError::NotFound)?;
+            let is_root = ino == ROOT || t.get(node.parent).is_some_and(|p| p.source.is_none());
+            (node.parent, node.confirmed.elapsed() >= self.cfg.ttl, is_root)
+        };
+        if stale && !is_source_root {
+            let listing = self.children(parent, self.cfg.ttl).await?;
+            if !listing.children.iter().any(|(_, i)| *i == ino) {
+                // Gone remotely; open handles keep working, new stats see ENOENT.
+                return Err(FsError::NotFound);
+            }
+        }
+        let t = self.table.lock().unwrap();
+        Ok(self.attr_of(t.get(ino).ok_or(FsError::NotFound)?))
+    }
+
+    /// FUSE readdir(plus): entries from `offset` (0 and 1 are `.` and `..`), at most `max`.
+    pub async fn readdir(&self, ino: u64, offset: u64, max: usize) -> FsResult<Vec<DirItem>> {
+        let listing = self.children(ino, self.cfg.ttl).await?;
+        let t = self.table.lock().unwrap();
+        let me = t.get(ino).ok_or(FsError::NotFound)?;
+        let mut out = Vec::new();
+        let mut off = offset;
+        while out.len() < max {
+            let item = match off {
+                0 => DirItem {
+                    name: ".".into(),
+                    attr: self.attr_of(me),
+                    next: 1,
+                },
+                1 => {
+                    let parent = t.get(me.parent).unwrap_or(me);
+                    DirItem {
+                        name: "..".into(),
+                        attr: self.attr_of(parent),
+                        next: 2,
+                    }
+                }
+                n => {
+                    let Some((name, child)) = listing.children.get((n - 2) as usize) else {
+                        break;
+                    };
+                    let Some(node) = t.get(*child) else {
+                        off += 1;
+                        continue;
+                    };
+                    DirItem {
+                        name: name.clone(),
+                        attr: self.attr_of(node),
+                        next: n + 1,
+                    }
+                }
+            };
+            off = item.next;
+            out.push(item);
+        }
+        Ok(out)
+    }
+
+    /// FUSE readlink.
+    pub async fn readlink(&self, ino: u64) -> FsResult<String> {
+        let (idx, entry) = {
+            let t = self.table.lock().unwrap();
+            let n = t.get(ino).ok_or(FsError::NotFound)?;
+            (n.source, n.entry.clone())
+        };
+        if entry.kind != EntryKind::Symlink {
+            return Err(FsError::Source(SourceError::Invalid("not a symlink".into())));
+        }
+        if let Some(t) = entry.symlink_target {
+            return Ok(t);
+        }
+        let idx = idx.ok_or(FsError::NotFound)?;
+        Ok(self.sources[idx].source.readlink(&entry).await?)
+    }
+
+    /// Extended attribute names of `ino`.
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<String>> {
+        let t = self.table.lock().unwrap();
+        let n = t.get(ino).ok_or(FsError::NotFound)?;
+        Ok(n.entry.xattrs.iter().map(|(k, _)| k.clone()).collect())
+    }
+
+    /// One extended attribute of `ino`.
+    pub fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
+        let t = self.table.lock().unwrap();
+        let n = t.get(ino).ok_or(FsError::NotFound)?;
+        n.entry
+            .xattrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .ok_or(FsError::NoAttr)
+    }
+
+    /// FUSE open: pins the current version and returns (fh, keep_cache).
+    pub async fn open(&self, ino: u64) -> FsResult<(u64, bool)> {
+        let stale = {
+            let t = self.table.lock().unwrap();
+            let n = t.get(ino).ok_or(FsError::NotFound)?;
+            match n.entry.kind {
+                EntryKind::Dir => return Err(FsError::IsDir),
+                EntryKind::Symlink => return Err(FsError::Source(SourceError::Invalid("open of a symlink".into()))),
+                EntryKind::File => {}
+            }
+            n.confirmed.elapsed() >= self.cfg.ttl
+        };
+        if stale {
+            self.getattr(ino).await?;
+        }
+        let (idx, entry) = {
+            let t = self.table.lock().unwrap();
+            let n = t.get(ino).ok_or(FsError::NotFound)?;
+            (n.source.ok_or(FsError::IsDir)?, n.entry.clone())
+        };
+        let mounted = &self.sources[idx];
+        let req = OpenRequest {
+            block_size: self.cfg.block_size,
+            revalidate: stale,
+        };
+        let opened = mounted.source.open(&entry, &req).await?;
+        let fresh = opened.entry;
+        let validator = fresh
+            .validator
+            .clone()
+            .unwrap_or_else(|| format!("size:{}:mtime:{:?}", fresh.size, fresh.mtime));
+        let (keep_cache, invalidate) = {
+            let mut t = self.table.lock().unwrap();
+            let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+            if n.bad_version.as_deref() == Some(validator.as_str()) {
+                return Err(FsError::BadVersion(validator));
+            }
+            let size_changed = n.entry.size != fresh.size;
+            let name = std::mem::take(&mut n.entry.name);
+            n.entry = Entry { name, ..fresh.clone() };
+            if stale {
+                n.confirmed = Instant::now();
+            }
+            let keep = n.kernel_validator.as_deref() == Some(validator.as_str()) && !size_changed;
+            let inval = !keep && (n.kernel_validator.is_some() || size_changed);
+            n.kernel_validator = Some(validator.clone());
+            (keep, inval)
+        };
+        if invalidate {
+            self.invalidate_kernel(ino);
+        }
+        let key = Arc::new(FileKey {
+            source: Arc::from(mounted.name.as_str()),
+            remote: Arc::from(fresh.remote.as_str()),
+            validator: Arc::from(validator.as_str()),
+        });
+        let ctx = Arc::new(FileCtx {
+            key,
+            size: fresh.size,
+            reader: opened.reader,
+        });
+        if let Some(prefix) = &opened.prefix {
+            self.cache.insert_prefix(&ctx, prefix);
+        }
+        let verifier = fresh
+            .checksum
+            .clone()
+            .filter(|_| fresh.size > 0)
+            .map(|c| Verifier::new(c, fresh.size));
+        let handle = Arc::new(Handle {
+            ino,
+            ctx,
+            validator,
+            prefetch: Mutex::new(Prefetcher::new(self.cfg.max_window)),
+            verifier: tokio::sync::Mutex::new(verifier),
+        });
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, handle);
+        Metrics::add(&global().open_handles, 1);
+        Ok((fh, keep_cache))
+    }
+
+    /// FUSE release.
+    pub fn release(&self, fh: u64) {
+        if self.handles.lock().unwrap().remove(&fh).is_some() {
+            global().open_handles.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.handles.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+
+    /// FUSE read: exactly the bytes of `[offset, offset + size)` clipped to EOF, or an error.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let h = self.handle(fh)?;
+        {
+            let t = self.table.lock().unwrap();
+            if let Some(n) = t.get(h.ino) {
+                if n.bad_version.as_deref() == Some(h.validator.as_str()) {
+                    return Err(FsError::BadVersion(h.validator.clone()));
+                }
+            }
+        }
+        let file_size = h.ctx.size;
+        if offset >= file_size || size == 0 {
+            return Ok(Bytes::new());
+        }
+        let range = offset..(offset + size as u64).min(file_size);
+        let plan = h
+            .prefetch
+            .lock()
+            .unwrap()
+            .on_read(range.start, range.end - range.start, file_size);
+        let bs = self.cache.block_size();
+        let all_present = (range.start / bs..=(range.end - 1) / bs).all(|b| self.cache.present(&h.ctx, b));
+        if plan.direct && h.ctx.reader.ranges() && !all_present {
+            // Random access: fetch exactly what was asked, leave the block cache alone.
+            *h.verifier.lock().await = None;
+            return Ok(self.direct_read(&h.ctx, range).await?);
+        }
+        self.cache.ensure(&h.ctx, range.clone(), Priority::Demand);
+        if !plan.prefetch.is_empty() {
+            self.cache.ensure(&h.ctx, plan.prefetch.clone(), Priority::Prefetch);
+        }
+        let data = self.gather(&h.ctx, range.clone()).await?;
+        self.verify(&h, range.start, &data).await?;
+        Ok(data)
+    }
+
+    /// Bytes of `range` from the block cache (fetching missing blocks).
+    async fn gather(&self, ctx: &Arc<FileCtx>, range: Range<u64>) -> FsResult<Bytes> {
+        let bs = self.cache.block_size();
+        let (first, last) = (range.start / bs, (range.end - 1) / bs);
+        if first == last {
+            let block = self.cache.block(ctx, first).await?;
+            let from = (range.start - first * bs) as usize;
+            let to = (range.end - first * bs) as usize;
+            return block_slice(&block, from, to);
+        }
+        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+        for b in first..=last {
+            let block = self.cache.block(ctx, b).await?;
+            let bstart = b * bs;
+            let from = range.start.max(bstart) - bstart;
+            let to = range.end.min(bstart + block.len() as u64) - bstart;
+            out.extend_from_slice(&block_slice(&block, from as usize, to as usize)?);
+        }
+        Ok(out.freeze())
+    }
+
+    async fn direct_read(&self, ctx: &FileCtx, range: Range<u64>) -> Result<Bytes, SourceError> {
+        // One retry covers a connection dropped between requests; Http::send already retried
+        // the request itself.
+        match crate::source::read_all(&*ctx.reader, range.clone()).await {
+            Err(e) if e.is_transient() => crate::source::read_all(&*ctx.reader, range).await,
+            r => r,
+        }
+    }
+
+    /// Feeds a sequential handle's verifier; fails the read that completes a bad checksum.
+    async fn verify(&self, h: &Handle, offset: u64, data: &Bytes) -> FsResult<()> {
+        let mut guard = h.verifier.lock().await;
+        let Some(v) = guard.as_mut() else { return Ok(()) };
+        // Fill a gap left by reads answered out of order, from the cache.
+        while v.pos < offset {
+            let bs = self.cache.block_size();
+            let b = v.pos / bs;
+            let block = self.cache.block(&h.ctx, b).await?;
+            let from = (v.pos - b * bs) as usize;
+            let to = (offset.min(b * bs + block.len() as u64) - b * bs) as usize;
+            let at = v.pos;
+            v.feed(at, &block[from..to]);
+        }
+        match v.feed(offset, data) {
+            Verdict::Pending => Ok(()),
+            Verdict::Match => {
+                tracing::debug!(remote = %h.ctx.key.remote, "checksum verified");
+                *guard = None;
+                Ok(())
+            }
+            Verdict::Mismatch { expected, actual } => {
+                *guard = None;
+                tracing::error!(remote = %h.ctx.key.remote, %expected, %actual, "checksum mismatch: dropping cached blocks, reads of this version fail with EIO");
+                {
+                    let mut t = self.table.lock().unwrap();
+                    if let Some(n) = t.get_mut(h.ino) {
+                        n.bad_version = Some(h.validator.clone());
+                        n.kernel_validator = None;
+                    }
+                }
+                self.cache.drop_file(&h.ctx.key);
+                self.invalidate_kernel(h.ino);
+                Err(FsError::Source(SourceError::Integrity(format!(
+                    "{}: expected {expected}, got {actual}",
+                    h.ctx.key.remote
+                ))))
+            }
+        }
+    }
+
+    /// Number of inodes known (tests, stats).
+    pub fn inode_count(&self) -> usize {
+        self.table.lock().unwrap().len()
+    }
+}
+
+fn block_slice(block: &Bytes, from: usize, to: usize) -> FsResult<Bytes> {
+    if to > block.len() || from > to {
+        return Err(FsError::Source(SourceError::Protocol(
+            "block shorter than expected".into(),
+        )));
+    }
+    Ok(block.slice(from..to))
+}

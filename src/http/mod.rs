@@ -82,7 +82,12 @@ impl Http {
             .tcp_nodelay(true)
             .user_agent(concat!("fetchfs/", env!("CARGO_PKG_VERSION")))
             // reqwest drops Authorization/Cookie on a redirect to another host.
-            .redirect(reqwest::redirect::Policy::limited(max_redirects))
+            // 0 = hand every 3xx back to the caller (sources with credentials follow by hand).
+            .redirect(if max_redirects == 0 {
+                reqwest::redirect::Policy::none()
+            } else {
+                reqwest::redirect::Policy::limited(max_redirects)
+            })
             .no_proxy()
             .build()
             .map_err(|e| SourceError::Invalid(format!("cannot build HTTP client: {e}")))?;
@@ -233,10 +238,15 @@ fn error_chain(e: &reqwest::Error) -> String {
     } else {
         s.push_str("request error");
     }
+    // The innermost cause is the one that says what happened ("Connection refused").
+    let mut last = None;
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        last = Some(c.to_string());
         cur = c.source();
+    }
+    if let Some(l) = last {
+        s.push_str(": ");
+        s.push_str(&l);
     }
     s
 }

@@ -40,6 +40,8 @@ use crate::source::{Capabilities, Entry, FileReader, OpenRequest, Opened, Source
 const MAX_LISTING_BYTES: usize = 64 << 20;
 /// HEAD requests in flight while completing one listing.
 const HEAD_CONCURRENCY: usize = 16;
+/// Same-host redirects followed by hand when credentials are configured.
+const MAX_MANUAL_REDIRECTS: usize = 10;
 /// Remote handle of the synthetic root when the URL names a single file.
 const SINGLE_ROOT: &str = "single-file-root";
 
@@ -157,52 +159,16 @@ impl HttpSource {
         })
     }
 
+    /// `GET http://host:port/path` for errors: never the query string or user info.
     fn what(method: &Method, url: &Url) -> String {
-        format!("{method} {}", url.path())
+        format!("{method} {}", display_url(url))
     }
 
-    /// Sends a request with the source's headers, following same-host redirects by hand when
-    /// credentials are configured (reqwest follows the rest itself).
+    /// Sends a request with the source's headers (see [`send_request`]).
     async fn request(&self, method: Method, url: &Url, extra: &HeaderMap) -> Result<reqwest::Response> {
-        let mut url = url.clone();
-        for _ in 0..=self.http.options().max_redirects.max(10) {
-            let what = Self::what(&method, &url);
-            let u = url.clone();
-            let resp = self
-                .http
-                .send(&what, |c| {
-                    c.request(method.clone(), u.clone())
-                        .headers(self.headers.clone())
-                        .headers(extra.clone())
-                })
-                .await?;
-            crate::metrics::Metrics::add(&crate::metrics::global().http_requests, 1);
-            if !(self.has_credentials && resp.status().is_redirection()) {
-                return Ok(resp);
-            }
-            let loc = resp
-                .headers()
-                .get(reqwest::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| SourceError::Protocol(format!("{what}: redirect without Location")))?;
-            let next = url
-                .join(loc)
-                .map_err(|_| SourceError::Protocol(format!("{what}: bad redirect Location")))?;
-            if next.host_str() != self.base.host_str()
-                || next.port_or_known_default() != self.base.port_or_known_default()
-                || next.scheme() != self.base.scheme()
-            {
-                return Err(SourceError::PermissionDenied(format!(
-                    "{what}: redirect to another host refused (credentials are never sent to another host)"
-                )));
-            }
-            url = next;
-        }
-        Err(SourceError::Protocol(format!(
-            "{} {}: too many redirects",
-            method,
-            url.path()
-        )))
+        let mut h = self.headers.clone();
+        h.extend(extra.clone());
+        send_request(&self.http, &self.base, self.has_credentials, method, url, &h).await
     }
 
     /// Metadata of one file by HEAD (or a 1-byte GET when HEAD is not allowed).
@@ -210,14 +176,12 @@ impl HttpSource {
         let resp = self.request(Method::HEAD, url, &HeaderMap::new()).await?;
         let status = resp.status();
         if status.is_success() {
-            if let Some(len) = resp
-                .content_length()
-                .or_else(|| header_u64(resp.headers(), "content-length"))
-            {
+            // Not `resp.content_length()`: for a HEAD that is the (empty) body's length.
+            if let Some(len) = header_u64(resp.headers(), "content-length") {
                 return Ok(entry_from_headers(name, url, len, resp.headers()));
             }
         } else if !matches!(status.as_u16(), 405 | 501 | 403) {
-            return Err(crate::http::status_error(status, format!("HEAD {}", url.path())));
+            return Err(crate::http::status_error(status, Self::what(&Method::HEAD, url)));
         }
         // No HEAD, or HEAD without a length: a one-byte ranged GET tells the total.
         let mut h = HeaderMap::new();
@@ -233,7 +197,7 @@ impl HttpSource {
                 .and_then(|c| c.total),
             200 => resp.content_length(),
             416 => Some(0),
-            _ => return Err(crate::http::status_error(st, format!("GET {}", url.path()))),
+            _ => return Err(crate::http::status_error(st, Self::what(&Method::GET, url))),
         };
         drop(resp);
         let size = size.ok_or_else(|| {
@@ -244,6 +208,62 @@ impl HttpSource {
         })?;
         Ok(entry_from_headers(name, url, size, &headers))
     }
+}
+
+/// Sends a request with `headers`, following same-host redirects by hand when credentials are
+/// configured (reqwest follows the rest itself, dropping its own Authorization on the way).
+async fn send_request(
+    http: &Http,
+    base: &Url,
+    has_credentials: bool,
+    method: Method,
+    url: &Url,
+    headers: &HeaderMap,
+) -> Result<reqwest::Response> {
+    let mut url = url.clone();
+    for _ in 0..=MAX_MANUAL_REDIRECTS {
+        let what = HttpSource::what(&method, &url);
+        let u = url.clone();
+        let resp = http
+            .send(&what, |c| c.request(method.clone(), u.clone()).headers(headers.clone()))
+            .await?;
+        crate::metrics::Metrics::add(&crate::metrics::global().http_requests, 1);
+        if !(has_credentials && resp.status().is_redirection()) {
+            return Ok(resp);
+        }
+        let loc = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| SourceError::Protocol(format!("{what}: redirect without Location")))?;
+        let next = url
+            .join(loc)
+            .map_err(|_| SourceError::Protocol(format!("{what}: bad redirect Location")))?;
+        if next.host_str() != base.host_str()
+            || next.port_or_known_default() != base.port_or_known_default()
+            || next.scheme() != base.scheme()
+        {
+            return Err(SourceError::PermissionDenied(format!(
+                "{what}: redirect to another host refused (credentials are never sent to another host)"
+            )));
+        }
+        url = next;
+    }
+    Err(SourceError::Protocol(format!(
+        "{} {}: too many redirects",
+        method,
+        url.path()
+    )))
+}
+
+/// scheme://host[:port]/path of a URL, safe to show.
+pub fn display_url(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
 }
 
 fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
@@ -338,7 +358,7 @@ impl Source for HttpSource {
             });
         }
         // One GET learns the version and brings the first block.
-        let what = format!("GET {}", url.path());
+        let what = Self::what(&Method::GET, &url);
         let mut h = HeaderMap::new();
         let want = req.block_size.max(1);
         h.insert(
@@ -423,7 +443,7 @@ fn file_name_of(url: &Url) -> String {
 
 impl HttpSource {
     async fn list_url(&self, url: &Url) -> Result<Vec<Entry>> {
-        let what = format!("GET {}", url.path());
+        let what = Self::what(&Method::GET, url);
         let resp = self.request(Method::GET, url, &HeaderMap::new()).await?;
         let status = resp.status();
         if !status.is_success() {
@@ -491,6 +511,8 @@ impl HttpSource {
 /// Reads one pinned version of an HTTP file.
 struct HttpReader {
     http: Http,
+    base: Url,
+    has_credentials: bool,
     url: Url,
     size: u64,
     headers: HeaderMap,
@@ -517,6 +539,8 @@ impl HttpReader {
         }
         HttpReader {
             http: src.http.clone(),
+            base: src.base.clone(),
+            has_credentials: src.has_credentials,
             url,
             size,
             headers,
@@ -533,7 +557,7 @@ impl FileReader for HttpReader {
     }
 
     async fn read_stream(&self, r: Range<u64>) -> Result<BoxStream<'static, Result<Bytes>>> {
-        let what = format!("GET {}", self.url.path());
+        let what = format!("GET {}", display_url(&self.url));
         let mut h = self.headers.clone();
         let whole = self.whole.load(Ordering::Relaxed) || (r.start == 0 && r.end == self.size);
         if !whole {
@@ -544,9 +568,7 @@ impl FileReader for HttpReader {
         } else {
             h.remove(reqwest::header::IF_RANGE);
         }
-        let url = self.url.clone();
-        let resp = self.http.send(&what, |c| c.get(url.clone()).headers(h.clone())).await?;
-        crate::metrics::Metrics::add(&crate::metrics::global().http_requests, 1);
+        let resp = send_request(&self.http, &self.base, self.has_credentials, Method::GET, &self.url, &h).await?;
         let status = resp.status();
         if status == StatusCode::OK && !whole {
             // Either the object changed (If-Range failed) or the server ignores Range.

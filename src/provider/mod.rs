@@ -3,6 +3,8 @@
 //! | module | API |
 //! |---|---|
 //! | [`http`] | any HTTP(S) server: HTML autoindex listings, Range GETs |
+//! | [`doris`] | Apache Doris FE small-file manager: `SHOW FILE`, `/api/get_small_file` (whole files, MD5) |
+//! | [`huawei`] | Huawei Cloud HSS export files: IAM token, export tasks, `/v5/{project_id}/download` |
 //!
 //! A provider module exports its `[[source]]` config struct (serde, `deny_unknown_fields`,
 //! with a `name` field) and an async `build` that checks credentials-independent values and
@@ -11,7 +13,9 @@
 //! their API.
 
 pub mod autoindex;
+pub mod doris;
 pub mod http;
+pub mod huawei;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +48,8 @@ impl BuildContext {
 pub async fn build(cfg: &SourceConfig, ctx: &BuildContext) -> Result<Arc<dyn Source>, ConfigError> {
     match cfg {
         SourceConfig::Http(c) => Ok(Arc::new(http::HttpSource::new(c, ctx)?)),
+        SourceConfig::Doris(c) => doris::build(c, ctx).await,
+        SourceConfig::Huawei(c) => huawei::build(c, ctx).await,
     }
 }
 

@@ -21,6 +21,8 @@ use futures_util::stream::BoxStream;
 
 use crate::error::Result;
 
+pub mod mem;
+
 /// What kind of node an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EntryKind {

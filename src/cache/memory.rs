@@ -1,0 +1,506 @@
+//! RAM block cache with a byte budget and single-flight fetches.
+//!
+//! ## Invariants
+//! * `cached + reserved <= budget`, where `cached` counts the bytes of blocks held by the LRU and
+//!   `reserved` the bytes promised to fetches in flight. A fetch reserves *before* it sends its
+//!   request; demand fetches evict LRU blocks to make room, prefetches only use what is left
+//!   after the in-flight share for prefetch (`budget / 2`) and shrink instead of failing.
+//! * A block index is either cached, in flight (one [`watch`] channel every waiter subscribes
+//!   to), or absent — never fetched twice at once.
+//! * A block's bytes always belong to one file version: the key includes the version's validator.
+//!
+//! ## Locks
+//! One `std::sync::Mutex` around [`Inner`]; it is never held across an `.await` (every
+//! function takes it, reads or updates, and drops it before awaiting anything).
+//!
+//! ## Fetching
+//! [`BlockCache::ensure`] turns a byte range into runs of missing blocks, reserves memory, marks
+//! them in flight and spawns one task per run. The task streams `FileReader::read_stream` and
+//! completes each block as soon as its last byte arrives, so a reader waiting for the first
+//! block of an 8 MiB run is woken after 1 MiB, not 8. A body cut mid-stream is resumed with a
+//! range starting at the first byte not yet received, until the I/O deadline.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use lru::LruCache;
+use tokio::sync::watch;
+
+use crate::error::{Result, SourceError};
+use crate::metrics::{Metrics, global};
+use crate::source::FileReader;
+
+/// Identifies one version of one remote file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub source: Arc<str>,
+    pub remote: Arc<str>,
+    pub validator: Arc<str>,
+}
+
+/// One block of one file version.
+#[derive(Debug, Clone)]
+struct BlockId {
+    file: Arc<FileKey>,
+    index: u64,
+}
+
+impl PartialEq for BlockId {
+    fn eq(&self, o: &Self) -> bool {
+        self.index == o.index && (Arc::ptr_eq(&self.file, &o.file) || *self.file == *o.file)
+    }
+}
+impl Eq for BlockId {}
+impl Hash for BlockId {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.file.hash(h);
+        self.index.hash(h);
+    }
+}
+
+/// An open file as the cache sees it: which version, how big, how to fetch.
+pub struct FileCtx {
+    pub key: Arc<FileKey>,
+    pub size: u64,
+    pub reader: Arc<dyn FileReader>,
+}
+
+impl FileCtx {
+    fn blocks(&self, block_size: u64) -> u64 {
+        self.size.div_ceil(block_size)
+    }
+}
+
+type Slot = watch::Receiver<Option<Result<Bytes>>>;
+
+struct Inner {
+    lru: LruCache<BlockId, Bytes>,
+    cached: u64,
+    reserved: u64,
+    prefetch_reserved: u64,
+    inflight: HashMap<BlockId, Slot>,
+}
+
+/// Why a fetch is made: demand fetches may evict anything; prefetches are capped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Demand,
+    Prefetch,
+}
+
+/// The RAM tier.
+pub struct BlockCache {
+    inner: Mutex<Inner>,
+    block_size: u64,
+    budget: u64,
+    /// Largest single GET (several blocks): fewer, larger requests cost less per byte.
+    max_request: u64,
+    io_timeout: Duration,
+}
+
+/// Counters for `fetchfs cache stats` and tests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MemStats {
+    pub cached_bytes: u64,
+    pub reserved_bytes: u64,
+    pub blocks: u64,
+    pub budget: u64,
+}
+
+/// Attempts to resume one run after its body was cut, before the error is passed on.
+const MAX_RESUMES: u32 = 5;
+
+impl BlockCache {
+    pub fn new(budget: u64, block_size: u64, max_request: u64, io_timeout: Duration) -> Arc<BlockCache> {
+        Arc::new(BlockCache {
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                cached: 0,
+                reserved: 0,
+                prefetch_reserved: 0,
+                inflight: HashMap::new(),
+            }),
+            block_size,
+            budget,
+            max_request: max_request.max(block_size),
+            io_timeout,
+        })
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
+    pub fn stats(&self) -> MemStats {
+        let g = self.inner.lock().unwrap();
+        MemStats {
+            cached_bytes: g.cached,
+            reserved_bytes: g.reserved,
+            blocks: g.lru.len() as u64,
+            budget: self.budget,
+        }
+    }
+
+    fn block_len(&self, file: &FileCtx, index: u64) -> u64 {
+        let start = index * self.block_size;
+        (file.size - start).min(self.block_size)
+    }
+
+    /// A cached block, touching it in the LRU.
+    pub fn get(&self, file: &FileCtx, index: u64) -> Option<Bytes> {
+        let id = BlockId {
+            file: file.key.clone(),
+            index,
+        };
+        self.inner.lock().unwrap().lru.get(&id).cloned()
+    }
+
+    /// Whether a block is cached or being fetched.
+    pub fn present(&self, file: &FileCtx, index: u64) -> bool {
+        let id = BlockId {
+            file: file.key.clone(),
+            index,
+        };
+        let g = self.inner.lock().unwrap();
+        g.lru.contains(&id) || g.inflight.contains_key(&id)
+    }
+
+    /// Inserts bytes fetched elsewhere (the prefix an open already downloaded). Only whole
+    /// blocks, or the file's final partial block, are kept.
+    pub fn insert_prefix(&self, file: &FileCtx, data: &Bytes) {
+        let mut idx = 0u64;
+        loop {
+            let start = idx * self.block_size;
+            if start >= file.size {
+                break;
+            }
+            let len = self.block_len(file, idx);
+            if start + len > data.len() as u64 {
+                break;
+            }
+            let block = data.slice(start as usize..(start + len) as usize);
+            let mut g = self.inner.lock().unwrap();
+            let id = BlockId {
+                file: file.key.clone(),
+                index: idx,
+            };
+            if !g.lru.contains(&id) && !g.inflight.contains_key(&id) {
+                self.make_room(&mut g, len);
+                g.cached += len;
+                g.lru.put(id, block);
+            }
+            drop(g);
+            idx += 1;
+        }
+    }
+
+    /// Drops every cached block of `key` (a failed checksum or a changed version).
+    pub fn drop_file(&self, key: &FileKey) {
+        let mut g = self.inner.lock().unwrap();
+        let doomed: Vec<BlockId> = g
+            .lru
+            .iter()
+            .filter(|(k, _)| *k.file == *key)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in doomed {
+            if let Some(b) = g.lru.pop(&id) {
+                g.cached -= b.len() as u64;
+            }
+        }
+    }
+
+    /// Evicts LRU blocks until `extra` more bytes fit in the budget (or nothing is left to
+    /// evict). Returns whether they fit.
+    fn make_room(&self, g: &mut Inner, extra: u64) -> bool {
+        while g.cached + g.reserved + extra > self.budget {
+            match g.lru.pop_lru() {
+                Some((_, b)) => {
+                    g.cached -= b.len() as u64;
+                    Metrics::add(&global().cache_evictions, 1);
+                }
+                None => break,
+            }
+        }
+        g.cached + g.reserved + extra <= self.budget
+    }
+
+    /// Makes sure the blocks covering `range` are cached or in flight; starts fetches for the
+    /// missing ones. Prefetches take only what the budget allows (possibly nothing).
+    pub fn ensure(self: &Arc<Self>, file: &Arc<FileCtx>, range: Range<u64>, prio: Priority) {
+        if range.is_empty() || range.start >= file.size {
+            return;
+        }
+        let nblocks = file.blocks(self.block_size);
+        let (first, last) = if file.reader.ranges() {
+            (
+                range.start / self.block_size,
+                (range.end.min(file.size) - 1) / self.block_size,
+            )
+        } else {
+            // Whole-file sources: one download fills every block.
+            (0, nblocks - 1)
+        };
+        let per_request = if file.reader.ranges() {
+            (self.max_request / self.block_size).max(1)
+        } else {
+            nblocks
+        };
+        let mut runs: Vec<(u64, u64, Vec<watch::Sender<Option<Result<Bytes>>>>, u64)> = Vec::new();
+        {
+            let mut g = self.inner.lock().unwrap();
+            let mut idx = first;
+            while idx <= last {
+                let id = BlockId {
+                    file: file.key.clone(),
+                    index: idx,
+                };
+                if g.lru.contains(&id) || g.inflight.contains_key(&id) {
+                    if prio == Priority::Demand {
+                        g.lru.promote(&id);
+                    }
+                    idx += 1;
+                    continue;
+                }
+                // A run of missing blocks starting at idx.
+                let mut end = idx;
+                while end <= last
+                    && end - idx < per_request
+                    && !g.inflight.contains_key(&BlockId {
+                        file: file.key.clone(),
+                        index: end,
+                    })
+                    && !g.lru.contains(&BlockId {
+                        file: file.key.clone(),
+                        index: end,
+                    })
+                {
+                    end += 1;
+                }
+                let bytes: u64 = (idx..end).map(|i| self.block_len(file, i)).sum();
+                let fits = match prio {
+                    Priority::Demand => {
+                        self.make_room(&mut g, bytes);
+                        true // demand fetches proceed; the waiter bounds the wait
+                    }
+                    Priority::Prefetch => {
+                        g.prefetch_reserved + bytes <= self.budget / 2 && self.make_room(&mut g, bytes)
+                    }
+                };
+                if !fits {
+                    // Shrink: the window stops here under memory pressure.
+                    break;
+                }
+                g.reserved += bytes;
+                if prio == Priority::Prefetch {
+                    g.prefetch_reserved += bytes;
+                }
+                let mut senders = Vec::with_capacity((end - idx) as usize);
+                for i in idx..end {
+                    let (tx, rx) = watch::channel(None);
+                    g.inflight.insert(
+                        BlockId {
+                            file: file.key.clone(),
+                            index: i,
+                        },
+                        rx,
+                    );
+                    senders.push(tx);
+                }
+                runs.push((idx, end, senders, if prio == Priority::Prefetch { bytes } else { 0 }));
+                idx = end;
+            }
+        }
+        for (a, b, senders, pre) in runs {
+            Metrics::add(&global().cache_misses, b - a);
+            let me = self.clone();
+            let file = file.clone();
+            tokio::spawn(async move { me.fetch_run(file, a, b, senders, pre).await });
+        }
+    }
+
+    /// The bytes of block `index`, fetching it if needed, waiting at most the I/O timeout.
+    pub async fn block(self: &Arc<Self>, file: &Arc<FileCtx>, index: u64) -> Result<Bytes> {
+        let deadline = Instant::now() + self.io_timeout + Duration::from_secs(5);
+        let id = BlockId {
+            file: file.key.clone(),
+            index,
+        };
+        loop {
+            let slot = {
+                let mut g = self.inner.lock().unwrap();
+                if let Some(b) = g.lru.get(&id) {
+                    Metrics::add(&global().cache_hits, 1);
+                    return Ok(b.clone());
+                }
+                g.inflight.get(&id).cloned()
+            };
+            let mut rx = match slot {
+                Some(rx) => rx,
+                None => {
+                    self.ensure(
+                        file,
+                        index * self.block_size..index * self.block_size + 1,
+                        Priority::Demand,
+                    );
+                    continue;
+                }
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, rx.wait_for(|v| v.is_some())).await {
+                Err(_) => return Err(SourceError::Timeout(self.io_timeout, "waiting for a block".into())),
+                Ok(Ok(v)) => return v.clone().expect("wait_for checked Some"),
+                // The fetch task vanished without an answer (runtime shutdown): try again.
+                Ok(Err(_)) => {
+                    if Instant::now() >= deadline {
+                        return Err(SourceError::Timeout(self.io_timeout, "waiting for a block".into()));
+                    }
+                    continue;
+                }
+            }
+        }
+    }
+
+    async fn fetch_run(
+        self: Arc<Self>,
+        file: Arc<FileCtx>,
+        first: u64,
+        end: u64,
+        mut senders: Vec<watch::Sender<Option<Result<Bytes>>>>,
+        prefetch_bytes: u64,
+    ) {
+        let start = first * self.block_size;
+        let stop = (end * self.block_size).min(file.size);
+        let deadline = Instant::now() + self.io_timeout;
+        let mut pos = start; // first byte not yet received
+        let mut cur = BytesMut::with_capacity(self.block_len(&file, first) as usize);
+        let mut next_block = first;
+        let mut resumes = 0u32;
+        let mut failure: Option<SourceError> = None;
+        'outer: while pos < stop {
+            let stream = tokio::time::timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                file.reader.read_stream(pos..stop),
+            )
+            .await;
+            let mut stream = match stream {
+                Err(_) => {
+                    failure = Some(SourceError::Timeout(
+                        self.io_timeout,
+                        format!("fetching {}", file.key.remote),
+                    ));
+                    break;
+                }
+                Ok(Err(e)) => {
+                    failure = Some(e);
+                    break;
+                }
+                Ok(Ok(s)) => s,
+            };
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(mut chunk) => {
+                        while !chunk.is_empty() {
+                            let blen = self.block_len(&file, next_block) as usize;
+                            let take = (blen - cur.len()).min(chunk.len());
+                            cur.extend_from_slice(&chunk[..take]);
+                            chunk = chunk.split_off(take);
+                            pos += take as u64;
+                            if cur.len() == blen {
+                                let done = std::mem::replace(&mut cur, BytesMut::new()).freeze();
+                                self.complete(
+                                    &file,
+                                    next_block,
+                                    done,
+                                    &senders[(next_block - first) as usize],
+                                    prefetch_bytes > 0,
+                                );
+                                next_block += 1;
+                                if next_block < end {
+                                    cur.reserve(self.block_len(&file, next_block) as usize);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        resumes += 1;
+                        if !e.is_transient() || resumes > MAX_RESUMES || Instant::now() >= deadline {
+                            failure = Some(e);
+                            break 'outer;
+                        }
+                        tracing::debug!(remote = %file.key.remote, at = pos, error = %e, "body cut, resuming");
+                        Metrics::add(&global().http_retries, 1);
+                        // Restart from the start of the partial block (keeps blocks contiguous).
+                        pos -= cur.len() as u64;
+                        cur.clear();
+                        continue 'outer;
+                    }
+                }
+            }
+            if pos < stop {
+                resumes += 1;
+                if resumes > MAX_RESUMES || Instant::now() >= deadline {
+                    failure = Some(SourceError::Protocol(format!("{}: body ended early", file.key.remote)));
+                    break;
+                }
+                pos -= cur.len() as u64;
+                cur.clear();
+            }
+        }
+        // Fail every block this run still owes.
+        let err = failure.unwrap_or_else(|| SourceError::Protocol("fetch ended early".into()));
+        let mut g = self.inner.lock().unwrap();
+        for i in next_block..end {
+            let len = self.block_len(&file, i);
+            g.reserved -= len;
+            g.inflight.remove(&BlockId {
+                file: file.key.clone(),
+                index: i,
+            });
+            let _ = senders[(i - first) as usize].send(Some(Err(err.clone())));
+        }
+        if prefetch_bytes > 0 {
+            // Whatever part of the prefetch reservation was not released block by block.
+            let owed: u64 = (next_block..end).map(|i| self.block_len(&file, i)).sum();
+            g.prefetch_reserved = g.prefetch_reserved.saturating_sub(owed);
+        }
+        drop(g);
+        if next_block < end {
+            Metrics::add(&global().http_errors, 1);
+        }
+        senders.clear();
+    }
+
+    fn complete(
+        &self,
+        file: &FileCtx,
+        index: u64,
+        data: Bytes,
+        tx: &watch::Sender<Option<Result<Bytes>>>,
+        prefetch: bool,
+    ) {
+        let len = data.len() as u64;
+        let mut g = self.inner.lock().unwrap();
+        let id = BlockId {
+            file: file.key.clone(),
+            index,
+        };
+        g.inflight.remove(&id);
+        g.reserved -= len;
+        if prefetch {
+            g.prefetch_reserved = g.prefetch_reserved.saturating_sub(len);
+        }
+        self.make_room(&mut g, len);
+        g.cached += len;
+        if let Some(old) = g.lru.put(id, data.clone()) {
+            g.cached -= old.len() as u64;
+        }
+        drop(g);
+        let _ = tx.send(Some(Ok(data)));
+    }
+}

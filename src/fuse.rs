@@ -1,0 +1,377 @@
+//! The FUSE adapter: converts kernel requests into [`FsCore`] calls and replies.
+//!
+//! Thin on purpose. Every operation that may touch the network moves its `Reply*` into a tokio
+//! task and returns at once, so the few FUSE threads only read requests (fuser 0.18 replies are
+//! `Send`; a dropped reply sends EIO). Each task runs inside a tracing span naming the op and
+//! its arguments. This is the one place that logs failed operations: one line per failure with
+//! op, inode, errno and cause. Writes of any kind answer EROFS (the mount is also `ro`, so the
+//! kernel normally refuses them before they get here).
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+};
+use tracing::Instrument;
+
+use crate::fs::{Attr, FsCore, FsError};
+use crate::metrics::{Metrics, global};
+use crate::source::EntryKind;
+
+/// How many directory entries the core prepares per readdir call (the kernel buffer takes
+/// ~30–100 of them; preparing a few more is cheap).
+const READDIR_BATCH: usize = 256;
+
+/// The `fuser::Filesystem` of a mount.
+pub struct FuseFs {
+    core: Arc<FsCore>,
+    rt: tokio::runtime::Handle,
+}
+
+impl FuseFs {
+    pub fn new(core: Arc<FsCore>, rt: tokio::runtime::Handle) -> FuseFs {
+        FuseFs { core, rt }
+    }
+
+    fn ttl(&self) -> Duration {
+        self.core.config().ttl
+    }
+
+    /// Runs `fut` on the runtime inside `span`.
+    fn spawn<F>(&self, span: tracing::Span, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        Metrics::add(&global().fuse_ops, 1);
+        self.rt.spawn(fut.instrument(span));
+    }
+}
+
+fn kind(k: EntryKind) -> FileType {
+    match k {
+        EntryKind::File => FileType::RegularFile,
+        EntryKind::Dir => FileType::Directory,
+        EntryKind::Symlink => FileType::Symlink,
+    }
+}
+
+/// FUSE attributes from the core's.
+pub fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind: kind(a.kind),
+        perm: a.perm,
+        nlink: if a.kind == EntryKind::Dir { 2 } else { 1 },
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 1 << 20,
+        flags: 0,
+    }
+}
+
+/// Logs a failed operation once and returns its errno.
+fn fail(op: &str, e: &FsError) -> Errno {
+    let errno = e.errno();
+    Metrics::add(&global().fuse_errors, 1);
+    match e {
+        // Expected outcomes of ordinary use (`ls` of a missing name, probing xattrs).
+        FsError::NotFound | FsError::NoAttr => tracing::debug!(op, errno, error = %e, "operation failed"),
+        _ => tracing::warn!(op, errno, error = %e, "operation failed"),
+    }
+    Errno::from_i32(errno)
+}
+
+fn name_str(name: &OsStr) -> Option<String> {
+    name.to_str().map(str::to_string)
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // readdirplus: `ls -l` and `find` get attributes with the listing, no lookup per entry.
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_ASYNC_READ;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        // Let the kernel send up to 1 MiB per READ (fuser derives max_pages from this).
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(name) = name_str(name) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let core = self.core.clone();
+        let ttl = self.ttl();
+        let span = tracing::debug_span!("lookup", parent = parent.0, name = %name);
+        self.spawn(span, async move {
+            match core.lookup(parent.0, &name).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
+                Err(e) => reply.error(fail("lookup", &e)),
+            }
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let core = self.core.clone();
+        let ttl = self.ttl();
+        self.spawn(tracing::debug_span!("getattr", ino = ino.0), async move {
+            match core.getattr(ino.0).await {
+                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => reply.error(fail("getattr", &e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let core = self.core.clone();
+        self.spawn(tracing::debug_span!("readlink", ino = ino.0), async move {
+            match core.readlink(ino.0).await {
+                Ok(t) => reply.data(t.as_bytes()),
+                Err(e) => reply.error(fail("readlink", &e)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return reply.error(Errno::EROFS);
+        }
+        let core = self.core.clone();
+        self.spawn(tracing::debug_span!("open", ino = ino.0), async move {
+            match core.open(ino.0).await {
+                Ok((fh, keep)) => {
+                    let f = if keep {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), f)
+                }
+                Err(e) => reply.error(fail("open", &e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let core = self.core.clone();
+        let span = tracing::debug_span!("read", ino = ino.0, fh = fh.0, offset, size);
+        self.spawn(span, async move {
+            match core.read(fh.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(fail("read", &e)),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.core.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let core = self.core.clone();
+        self.spawn(tracing::debug_span!("readdir", ino = ino.0, offset), async move {
+            match core.readdir(ino.0, offset, READDIR_BATCH).await {
+                Ok(items) => {
+                    for it in items {
+                        if reply.add(INodeNo(it.attr.ino), it.next, kind(it.attr.kind), &it.name) {
+                            break;
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(fail("readdir", &e)),
+            }
+        });
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let core = self.core.clone();
+        let ttl = self.ttl();
+        self.spawn(tracing::debug_span!("readdirplus", ino = ino.0, offset), async move {
+            match core.readdir(ino.0, offset, READDIR_BATCH).await {
+                Ok(items) => {
+                    for it in items {
+                        if reply.add(
+                            INodeNo(it.attr.ino),
+                            it.next,
+                            &it.name,
+                            &ttl,
+                            &file_attr(&it.attr),
+                            Generation(0),
+                        ) {
+                            break;
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(fail("readdirplus", &e)),
+            }
+        });
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // No capacity to speak of: report an empty, full, read-only filesystem.
+        reply.statfs(0, 0, 0, self.core.inode_count() as u64, 0, 1 << 20, 255, 1 << 20);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(name) = name_str(name) else {
+            return reply.error(Errno::ENODATA);
+        };
+        match self.core.getxattr(ino.0, &name) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() <= size as usize => reply.data(&v),
+            Ok(_) => reply.error(Errno::ERANGE),
+            Err(e) => reply.error(fail("getxattr", &e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.core.listxattr(ino.0) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(n.as_bytes());
+                    buf.push(0);
+                }
+                if size == 0 {
+                    reply.size(buf.len() as u32)
+                } else if buf.len() <= size as usize {
+                    reply.data(&buf)
+                } else {
+                    reply.error(Errno::ERANGE)
+                }
+            }
+            Err(e) => reply.error(fail("listxattr", &e)),
+        }
+    }
+
+    // Everything that would change the tree: EROFS.
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _r: u32, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _l: &std::path::Path, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _np: INodeNo,
+        _nn: &OsStr,
+        _f: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(&self, _req: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _wf: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _f: i32, reply: fuser::ReplyCreate) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn setxattr(&self, _req: &Request, _i: INodeNo, _n: &OsStr, _v: &[u8], _f: i32, _p: u32, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _i: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+}
