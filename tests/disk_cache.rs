@@ -117,6 +117,18 @@ fn a_block_is_read_back_exactly_after_a_restart() {
 }
 
 #[test]
+fn putting_a_stored_block_again_does_not_rewrite_it() {
+    use std::os::unix::fs::MetadataExt;
+    let (_t, dir) = cache_dir();
+    let c = DiskCache::open(&dir, 1 << 20, BS).unwrap();
+    c.put(&key(0), &payload(0, 4096));
+    let inode = fs::metadata(only_block_file(&dir)).unwrap().ino();
+    c.put(&key(0), &payload(0, 4096));
+    assert_eq!(fs::metadata(only_block_file(&dir)).unwrap().ino(), inode);
+    assert_eq!(c.get(&key(0)).unwrap(), payload(0, 4096));
+}
+
+#[test]
 fn another_version_index_or_source_is_a_miss() {
     let (_t, dir) = cache_dir();
     let c = DiskCache::open(&dir, 1 << 20, BS).unwrap();

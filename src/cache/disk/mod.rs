@@ -294,6 +294,7 @@ impl DiskCache {
 
     /// Stores `data` as the block `key` (best effort: a failure is logged, rate-limited, and
     /// otherwise ignored). Evicts least recently used blocks first so the cap is never exceeded.
+    /// A block already stored is not written again.
     pub fn put(&self, key: &BlockKey, data: &[u8]) {
         if let Err(e) = self.try_put(key, data) {
             self.warn.warn(&e);
@@ -392,6 +393,10 @@ impl DiskCache {
             return Ok(());
         }
         let id = BlockId::new(key, self.block_size);
+        // One key always names the same bytes: a block already stored is only marked used.
+        if self.state().lru.get(&id).is_some() {
+            return Ok(());
+        }
         let _waiting = WaitingPut::enter(&self.waiting_puts).ok_or_else(|| {
             self.dropped_puts.fetch_add(1, Ordering::Relaxed);
             io::Error::other(format!(
