@@ -27,15 +27,16 @@
 //!   in the same clock tick still keep their order. The alternative, an append-only access log,
 //!   would cost a write per hit too, need compaction and still need the scan to find blocks the
 //!   log missed before a crash; the filesystem is already the one source of truth. Costs,
-//!   measured with `examples/disk_cache_bench.rs` on the 2-core development VM (shared, so
-//!   figures vary by 2x between runs): a warm hit on a 1 MiB block takes about 220 µs (median
-//!   4.5 GB/s for one reader; 2 GB/s while other builds loaded the machine), of which the stamp
-//!   is about 3 µs (open + close 4 µs, CRC32C 60 µs at 17 GB/s); the scan on open takes about
-//!   10 µs per block, so about 1 s for a 100 GiB cache of 1 MiB blocks.
-//! * **Bounded writing.** Puts run at the disk's write speed (here the same 100–200 MB/s as
-//!   `dd`), far below download and read speeds, so at most [`MAX_WAITING_PUTS`] wait for the
-//!   writer; further puts are dropped (counted in [`DiskStats::dropped_puts`]) rather than pinning
-//!   memory and blocking threads.
+//!   measured with `examples/disk_cache_bench.rs` on the 2-core development VM (shared with
+//!   other builds, so single runs vary by 2x): a warm hit on a 1 MiB block takes about 170 µs
+//!   (get medians of three runs 4.7, 5.9 and 10 GB/s for one reader, 2 GB/s at worst under a
+//!   load of 15), of which the stamp is about 2 µs, open + close 3 µs and the CRC32C about 50 µs
+//!   (16-27 GB/s); the scan on open takes about 10 µs per block, so about 1 s for a 100 GiB
+//!   cache of 1 MiB blocks.
+//! * **Bounded writing.** Puts run at the disk's write speed (on the development VM the same
+//!   0.1-2 GB/s as `dd`, depending on other writers), often below download and read speeds, so
+//!   at most `MAX_WAITING_PUTS` (32) wait for the writer; further puts are dropped (counted in
+//!   [`DiskStats::dropped_puts`]) rather than pinning memory and blocking threads.
 //!
 //! # Locks
 //!
@@ -106,8 +107,8 @@ const MAX_BLOCK_SIZE: u64 = 1 << 30;
 /// At most one "write failed" warning per this interval (a full disk fails every put).
 const WARN_INTERVAL: Duration = Duration::from_secs(60);
 /// Puts allowed to wait for the writer before further ones are dropped. Puts are as fast as the
-/// disk writes (about 120 MB/s on the development VM, where reads from the page cache run at
-/// several GB/s); when downloads outrun it, queueing more only pins the caller's buffers and
+/// disk writes (down to about 120 MB/s on the development VM, where reads from the page cache
+/// run at several GB/s); when downloads outrun it, queueing more only pins the caller's buffers and
 /// blocking threads. 32 blocks are a quarter of a second of writes at that speed.
 const MAX_WAITING_PUTS: usize = 32;
 
@@ -124,7 +125,7 @@ pub struct DiskStats {
     pub hits: u64,
     pub misses: u64,
     pub evictions: u64,
-    /// Puts dropped because the disk could not keep up ([`MAX_WAITING_PUTS`]).
+    /// Puts dropped because the disk could not keep up (too many already waiting to be written).
     pub dropped_puts: u64,
     /// PID of the daemon holding the directory, as far as [`DiskCache::stats_offline`] can tell.
     pub daemon_pid: Option<u32>,
@@ -518,7 +519,7 @@ fn is_resource_error(e: &io::Error) -> bool {
 /// Reads exactly `len` bytes into a new buffer of exactly that size, usually in one `read(2)`.
 ///
 /// The buffer is filled straight from the page cache without zeroing it first: zeroing 1 MiB
-/// costs about 20 µs, some 8 % of a whole warm hit (`examples/disk_cache_bench.rs`).
+/// costs 8-20 µs, 5-10 % of a whole warm hit (`examples/disk_cache_bench.rs`).
 fn read_exact_into_new(file: &File, len: usize) -> io::Result<BytesMut> {
     let mut buf = BytesMut::with_capacity(len);
     while buf.len() < len {
