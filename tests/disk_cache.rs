@@ -537,22 +537,37 @@ fn crash_child_put_loop() {
 #[test]
 fn a_daemon_killed_mid_put_never_leaves_wrong_bytes() {
     let (_t, dir) = cache_dir();
-    for round in 0..4u64 {
+    for round in 0..8u64 {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--ignored", "--exact", "crash_child_put_loop", "--test-threads=1"])
             .env(CRASH_ENV, &dir)
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        // Let it get going (and evicting), then kill it at a different moment each round.
+        // Wait until it holds the directory and has written, then kill it at a different moment
+        // each round.
         let started = Instant::now();
-        while DiskCache::stats_offline(&dir).map(|s| s.blocks).unwrap_or(0) < 8 {
+        loop {
+            let s = DiskCache::stats_offline(&dir).unwrap();
+            if s.daemon_pid == Some(child.id()) && s.blocks >= 8 {
+                break;
+            }
             assert!(started.elapsed() < Duration::from_secs(60), "the child never wrote");
             std::thread::sleep(Duration::from_millis(5));
         }
-        std::thread::sleep(Duration::from_millis(20 + 37 * round));
+        // Another process holds the directory: a second daemon is refused, naming it.
+        match DiskCache::open(&dir, 16 * (CRASH_BS + 200), CRASH_BS) {
+            Err(DiskError::InUse { pid, .. }) => assert_eq!(pid, Some(child.id())),
+            other => panic!("a second daemon was not refused: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(5 + 23 * round));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        let leftovers = files(&dir)
+            .iter()
+            .filter(|(p, _)| p.starts_with(dir.join("tmp")))
+            .count();
+        eprintln!("round {round}: {leftovers} temp file(s) left by the kill");
 
         let c = DiskCache::open(&dir, 16 * (CRASH_BS + 200), CRASH_BS).unwrap();
         assert!(
