@@ -11,7 +11,7 @@
 //!
 //! * **Never wrong bytes.** A block file is only ever created by renaming a fully written temp
 //!   file over its final name, and every read checks magic, version, header CRC, the full key,
-//!   the block size, the payload length and the payload CRC ([`format`]). Anything else (a torn
+//!   the block size, the payload length and the payload CRC ([`mod@format`]). Anything else (a torn
 //!   file after a power cut, a flipped bit, a file from another version of the format) is a miss
 //!   and the file is removed. Blocks are not fsynced: the checksum already turns a torn write into
 //!   a miss, and an fsync per block would cost milliseconds for data that can be downloaded again.
