@@ -57,11 +57,7 @@ pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
 
 /// Checks every source of `cfg`.
 pub async fn check_sources(cfg: &Config) -> Vec<SourceReport> {
-    let ctx = BuildContext {
-        http: cfg.http.clone(),
-        base_dir: cfg.base_dir.clone(),
-        block_size: cfg.cache.block_size,
-    };
+    let ctx = BuildContext::from_config(cfg);
     // Root and listing each get the whole I/O timeout plus a margin for the connection.
     let limit = cfg.http.op_timeout + Duration::from_secs(5);
     let checks = cfg.sources.iter().map(|sc| check_one(sc, &ctx, limit));

@@ -38,6 +38,8 @@ pub enum Command {
     Completions(crate::manual::CompletionsArgs),
     /// Print the man page (roff) to stdout.
     Man(crate::manual::ManArgs),
+    /// Inspect, clear or warm the disk cache.
+    Cache(crate::cache_cmd::CacheArgs),
 }
 
 /// `fetchfs mount`.
@@ -74,6 +76,12 @@ pub struct MountArgs {
     /// Kernel readahead set on the mount when running as root (0 keeps the kernel's).
     #[arg(long, value_name = "SIZE", help_heading = "Cache")]
     pub read_ahead: Option<String>,
+    /// Directory of the persistent disk cache (kept across restarts; locked by one daemon).
+    #[arg(long, value_name = "DIR", help_heading = "Cache")]
+    pub cache_dir: Option<PathBuf>,
+    /// Hard byte cap of the disk cache (e.g. 10GiB).
+    #[arg(long, value_name = "SIZE", help_heading = "Cache")]
+    pub disk_cache: Option<String>,
     /// How long attributes and listings are trusted (e.g. 60s).
     #[arg(long, value_name = "DURATION", help_heading = "Cache")]
     pub ttl: Option<String>,
@@ -127,6 +135,27 @@ pub enum EmulateProvider {
         #[command(flatten)]
         args: crate::emulate::huawei::EmuArgs,
     },
+    /// Backblaze B2 native API: each sub-directory of DIR is a bucket.
+    B2 {
+        #[command(flatten)]
+        common: EmuCommon,
+        #[command(flatten)]
+        args: crate::emulate::b2::EmuArgs,
+    },
+    /// Onedata Oneprovider REST v3: each sub-directory of DIR is a space.
+    Onedata {
+        #[command(flatten)]
+        common: EmuCommon,
+        #[command(flatten)]
+        args: crate::emulate::onedata::EmuArgs,
+    },
+    /// Tencent Cloud SMH with a signed-URL COS stub: DIR is one library space.
+    Smh {
+        #[command(flatten)]
+        common: EmuCommon,
+        #[command(flatten)]
+        args: crate::emulate::smh::EmuArgs,
+    },
 }
 
 impl EmulateProvider {
@@ -155,6 +184,21 @@ impl EmulateProvider {
                 check(common)?;
                 let emu = crate::emulate::huawei::router(&common.root, args.into());
                 ("huawei", common.port, emu.router, emu.harness)
+            }
+            EmulateProvider::B2 { common, args } => {
+                check(common)?;
+                let emu = crate::emulate::b2::router(&common.root, args.options());
+                ("b2", common.port, emu.router, emu.harness)
+            }
+            EmulateProvider::Onedata { common, args } => {
+                check(common)?;
+                let emu = crate::emulate::onedata::router(&common.root, args.options());
+                ("onedata", common.port, emu.router, emu.harness)
+            }
+            EmulateProvider::Smh { common, args } => {
+                check(common)?;
+                let emu = crate::emulate::smh::router(&common.root, args.into());
+                ("smh", common.port, emu.router, emu.harness)
             }
         })
     }
@@ -262,6 +306,12 @@ impl MountArgs {
         if let Some(v) = &self.ttl {
             file.metadata.ttl = Some(set_dur(v, "--ttl")?);
         }
+        if let Some(d) = &self.cache_dir {
+            file.cache.dir = Some(d.clone());
+        }
+        if let Some(v) = &self.disk_cache {
+            file.cache.disk = Some(set_size(v, "--disk-cache")?);
+        }
         if let Some(v) = &self.io_timeout {
             file.network.io_timeout = Some(set_dur(v, "--io-timeout")?);
         }
@@ -304,6 +354,7 @@ impl MountArgs {
                 "ttl" => file.metadata.ttl = Some(set_dur(&need(&v)?, "-o ttl")?),
                 "io_timeout" => file.network.io_timeout = Some(set_dur(&need(&v)?, "-o io_timeout")?),
                 "cache_dir" => file.cache.dir = Some(PathBuf::from(need(&v)?)),
+                "disk_cache" => file.cache.disk = Some(set_size(&need(&v)?, "-o disk_cache")?),
                 other => return Err(ConfigError::new(format!("unknown mount option '{other}'"))),
             }
         }

@@ -80,7 +80,7 @@ fn run_inner(mountpoint: &Path, once: bool, data: &Path) -> Result<(), MountErro
             let listing = tokio::task::spawn_blocking(move || list_tree(&mp))
                 .await
                 .unwrap_or_default();
-            println!("{listing}");
+            let _ = writeln!(std::io::stdout(), "{listing}");
             // Same path as Ctrl-C: unmount through a signal to ourselves.
             // SAFETY: raising SIGTERM at our own process, which the handler below catches.
             tokio::spawn(async {
@@ -88,7 +88,7 @@ fn run_inner(mountpoint: &Path, once: bool, data: &Path) -> Result<(), MountErro
                 unsafe { libc::raise(libc::SIGTERM) };
             });
         } else {
-            println!("Press Ctrl-C to unmount and stop the emulators.");
+            let _ = writeln!(std::io::stdout(), "Press Ctrl-C to unmount and stop the emulators.");
         }
         let _ = std::io::stdout().flush();
         let r = wait_for_end(running, &mountpoint).await;
@@ -99,7 +99,7 @@ fn run_inner(mountpoint: &Path, once: bool, data: &Path) -> Result<(), MountErro
     });
     rt.shutdown_timeout(Duration::from_secs(2));
     if result.is_ok() {
-        println!("Unmounted {}.", mountpoint.display());
+        let _ = writeln!(std::io::stdout(), "Unmounted {}.", mountpoint.display());
     }
     result
 }
@@ -123,7 +123,10 @@ async fn start_emulators(data: &Path) -> Result<(Vec<(String, Server)>, Vec<Sour
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = std::io::Result<(Server, SourceConfig)>> + Send + '_>,
     >;
-    let providers: [(&str, DemoFn); 2] = [
+    let providers: [(&str, DemoFn); 5] = [
+        ("b2", |d| Box::pin(crate::emulate::b2::demo(d))),
+        ("onedata", |d| Box::pin(crate::emulate::onedata::demo(d))),
+        ("smh", |d| Box::pin(crate::emulate::smh::demo(d))),
         ("doris", |d| Box::pin(crate::emulate::doris::demo(d))),
         ("huawei", |d| Box::pin(crate::emulate::huawei::demo(d))),
     ];
@@ -140,21 +143,28 @@ async fn start_emulators(data: &Path) -> Result<(Vec<(String, Server)>, Vec<Sour
 }
 
 fn print_intro(mp: &Path, servers: &[(String, Server)], names: &[String]) {
-    println!(
+    // A closed stdout (`fetchfs demo | head`) must not abort the demo with a mount left behind.
+    let mut o = std::io::stdout();
+    let _ = writeln!(
+        o,
         "fetchfs demo: {} emulator(s) on 127.0.0.1, mounted read-only at {}",
         servers.len(),
         mp.display()
     );
     for (name, s) in servers {
-        println!("  {:<8} {}  ->  {}/{}", name, s.base_url(), mp.display(), name);
+        let _ = writeln!(o, "  {:<8} {}  ->  {}/{}", name, s.base_url(), mp.display(), name);
     }
     let first = names.first().cloned().unwrap_or_default();
-    println!();
-    println!("Try, in another terminal:");
-    println!("  ls -l {}/{first}", mp.display());
-    println!("  cat {}/{first}/hello.txt", mp.display());
-    println!("  cp -r {}/{first}/data /tmp/copy && md5sum /tmp/copy/*", mp.display());
-    println!("  getfattr -d {}/{first}/hello.txt", mp.display());
+    let _ = writeln!(o);
+    let _ = writeln!(o, "Try, in another terminal:");
+    let _ = writeln!(o, "  ls -l {}/{first}", mp.display());
+    let _ = writeln!(o, "  cat {}/{first}/hello.txt", mp.display());
+    let _ = writeln!(
+        o,
+        "  cp -r {}/{first}/data /tmp/copy && md5sum /tmp/copy/*",
+        mp.display()
+    );
+    let _ = writeln!(o, "  getfattr -d {}/{first}/hello.txt", mp.display());
 }
 
 /// `find`-like listing of the mount (for `--once`).

@@ -1,5 +1,6 @@
 //! fetchfs mounts remote file-download APIs as read-only directories.
 pub mod cache;
+pub mod cache_cmd;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -43,6 +43,10 @@ fn main() -> ExitCode {
             fetchfs::manual::completions(args.shell, &mut std::io::stdout());
             Ok(())
         }
+        Command::Cache(args) => {
+            init_logging(&cli, "warn");
+            fetchfs::cache_cmd::run(args)
+        }
         Command::Man(args) => fetchfs::manual::man(args.subcommand.as_deref(), &mut std::io::stdout()),
     };
     match result {

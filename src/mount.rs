@@ -90,13 +90,17 @@ fn unescape_mountinfo(s: &str) -> String {
         .replace("\\134", "\\")
 }
 
+/// Opens (and locks) the disk tier when `[cache] dir` is set.
+pub fn open_disk(cfg: &Config) -> Result<Option<Arc<crate::cache::disk::DiskCache>>, MountError> {
+    let Some(dir) = &cfg.cache.dir else { return Ok(None) };
+    crate::cache::disk::DiskCache::open(dir, cfg.cache.disk, cfg.cache.block_size)
+        .map(|d| Some(Arc::new(d)))
+        .map_err(|e| MountError(e.to_string()))
+}
+
 /// Builds every source of `cfg` and fetches its root.
 pub async fn build_sources(cfg: &Config) -> Result<Vec<Mounted>, MountError> {
-    let ctx = BuildContext {
-        http: cfg.http.clone(),
-        base_dir: cfg.base_dir.clone(),
-        block_size: cfg.cache.block_size,
-    };
+    let ctx = BuildContext::from_config(cfg);
     let mut out = Vec::new();
     for sc in &cfg.sources {
         let name = sc.name().to_string();
@@ -155,8 +159,9 @@ fn serve(req: MountRequest, ready_fd: Option<RawFd>) -> Result<(), MountError> {
         .map_err(|e| MountError(format!("cannot start the I/O runtime: {e}")))?;
     let cfg = &req.config;
     crate::notify::status("Reaching the sources");
+    let disk = open_disk(cfg)?;
     let sources = rt.block_on(build_sources(cfg))?;
-    let core = FsCore::new(CoreConfig::from_config(cfg), sources, req.single_root);
+    let core = FsCore::with_disk(CoreConfig::from_config(cfg), sources, req.single_root, disk);
     if let Some(addr) = cfg.metrics_addr {
         crate::metrics::prom::start(&rt, addr, core.clone())
             .map_err(|e| MountError(format!("cannot serve metrics on {addr}: {e}")))?;
@@ -175,10 +180,21 @@ fn serve(req: MountRequest, ready_fd: Option<RawFd>) -> Result<(), MountError> {
     result
 }
 
-/// A running FUSE session with its unmount switch.
+/// A running FUSE session with its unmount switch. Dropping it unmounts (so a panic or an
+/// early return never leaves a dead mount behind).
 pub struct Running {
     unmounter: fuser::SessionUnmounter,
     done: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
+    mountpoint: PathBuf,
+    finished: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.finished {
+            unmount(&mut self.unmounter, &self.mountpoint);
+        }
+    }
 }
 
 /// Mounts `core` at `mountpoint` and starts serving it on FUSE threads.
@@ -232,7 +248,12 @@ pub fn mount_core(
             let _ = tx.send(r);
         })
         .map_err(|e| MountError(format!("cannot start the FUSE session thread: {e}")))?;
-    Ok(Running { unmounter, done: rx })
+    Ok(Running {
+        unmounter,
+        done: rx,
+        mountpoint: mountpoint.to_path_buf(),
+        finished: false,
+    })
 }
 
 /// Waits until the mount answers, then tunes the kernel readahead.
@@ -276,7 +297,10 @@ pub async fn wait_for_end(mut running: Running, mountpoint: &Path) -> Result<(),
     let mut int = signal(SignalKind::interrupt()).map_err(|e| MountError(format!("cannot watch SIGINT: {e}")))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| MountError(format!("cannot watch SIGHUP: {e}")))?;
     let ended = tokio::select! {
-        r = &mut running.done => Some(r),
+        r = &mut running.done => {
+            running.finished = true;
+            Some(r)
+        }
         _ = term.recv() => None,
         _ = int.recv() => None,
         _ = hup.recv() => None,
@@ -290,7 +314,8 @@ pub async fn wait_for_end(mut running: Running, mountpoint: &Path) -> Result<(),
     }
     tracing::info!(mountpoint = %mountpoint.display(), "signal received, unmounting");
     unmount(&mut running.unmounter, mountpoint);
-    let _ = tokio::time::timeout(Duration::from_secs(10), running.done).await;
+    running.finished = true;
+    let _ = tokio::time::timeout(Duration::from_secs(10), &mut running.done).await;
     Ok(())
 }
 

@@ -64,6 +64,7 @@ fn ctx() -> BuildContext {
         },
         base_dir: ".".into(),
         block_size: 1 << 20,
+        disk_cache: false,
     }
 }
 

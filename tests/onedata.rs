@@ -85,6 +85,7 @@ fn ctx() -> BuildContext {
         },
         base_dir: PathBuf::from("."),
         block_size: 1 << 20,
+        disk_cache: false,
     }
 }
 

@@ -93,9 +93,11 @@ pub enum Priority {
     Prefetch,
 }
 
-/// The RAM tier.
+/// The RAM tier (and, behind it, the optional disk tier).
 pub struct BlockCache {
     inner: Mutex<Inner>,
+    /// Persistent tier: consulted before the network inside a fetch run, written behind.
+    disk: Option<Arc<crate::cache::disk::DiskCache>>,
     block_size: u64,
     budget: u64,
     /// Largest single GET (several blocks): fewer, larger requests cost less per byte.
@@ -117,7 +119,20 @@ const MAX_RESUMES: u32 = 5;
 
 impl BlockCache {
     pub fn new(budget: u64, block_size: u64, max_request: u64, io_timeout: Duration) -> Arc<BlockCache> {
+        Self::with_disk(budget, block_size, max_request, io_timeout, None)
+    }
+
+    /// A cache whose misses look in `disk` before the network, and whose fetched blocks are
+    /// written to it.
+    pub fn with_disk(
+        budget: u64,
+        block_size: u64,
+        max_request: u64,
+        io_timeout: Duration,
+        disk: Option<Arc<crate::cache::disk::DiskCache>>,
+    ) -> Arc<BlockCache> {
         Arc::new(BlockCache {
+            disk,
             inner: Mutex::new(Inner {
                 lru: LruCache::unbounded(),
                 cached: 0,
@@ -199,8 +214,18 @@ impl BlockCache {
         }
     }
 
-    /// Drops every cached block of `key` (a failed checksum or a changed version).
+    /// The disk tier, if any.
+    pub fn disk(&self) -> Option<&Arc<crate::cache::disk::DiskCache>> {
+        self.disk.as_ref()
+    }
+
+    /// Drops every cached block of `key` (a failed checksum or a changed version), in RAM and
+    /// on disk.
     pub fn drop_file(&self, key: &FileKey) {
+        if let Some(disk) = self.disk.clone() {
+            let k = key.clone();
+            tokio::task::spawn_blocking(move || disk.remove_version(&k.source, &k.remote, &k.validator));
+        }
         let mut g = self.inner.lock().unwrap();
         let doomed: Vec<BlockId> = g
             .lru
@@ -382,6 +407,32 @@ impl BlockCache {
         let mut next_block = first;
         let mut resumes = 0u32;
         let mut failure: Option<SourceError> = None;
+        // Blocks already on disk (a warm cache after a remount) need no request.
+        if let Some(disk) = self.disk.clone() {
+            while next_block < end {
+                let key = crate::cache::BlockKey::of(&file.key, next_block);
+                let d = disk.clone();
+                let got = tokio::task::spawn_blocking(move || d.get(&key)).await.ok().flatten();
+                match got {
+                    Some(b) if b.len() as u64 == self.block_len(&file, next_block) => {
+                        self.complete(
+                            &file,
+                            next_block,
+                            b,
+                            &senders[(next_block - first) as usize],
+                            prefetch_bytes > 0,
+                            false,
+                        );
+                        next_block += 1;
+                        pos = (next_block * self.block_size).min(stop);
+                    }
+                    _ => break,
+                }
+            }
+            if next_block < end {
+                cur.reserve(self.block_len(&file, next_block) as usize);
+            }
+        }
         'outer: while pos < stop {
             let stream = tokio::time::timeout(
                 deadline.saturating_duration_since(Instant::now()),
@@ -419,6 +470,7 @@ impl BlockCache {
                                     done,
                                     &senders[(next_block - first) as usize],
                                     prefetch_bytes > 0,
+                                    true,
                                 );
                                 next_block += 1;
                                 if next_block < end {
@@ -483,7 +535,15 @@ impl BlockCache {
         data: Bytes,
         tx: &watch::Sender<Option<Result<Bytes>>>,
         prefetch: bool,
+        from_network: bool,
     ) {
+        if from_network {
+            if let Some(disk) = self.disk.clone() {
+                let key = crate::cache::BlockKey::of(&file.key, index);
+                let d = data.clone();
+                tokio::task::spawn_blocking(move || disk.put(&key, &d));
+            }
+        }
         let len = data.len() as u64;
         let mut g = self.inner.lock().unwrap();
         let id = BlockId {

@@ -16,8 +16,8 @@ pub mod b2;
 pub mod doris;
 pub mod http;
 pub mod huawei;
-pub mod smh;
 pub mod onedata;
+pub mod smh;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -168,8 +168,18 @@ impl FsCore {
     /// A core over `sources`. With `single_root`, the one source is the mount root; otherwise
     /// the root lists one directory per source.
     pub fn new(cfg: CoreConfig, sources: Vec<Mounted>, single_root: bool) -> Arc<FsCore> {
+        Self::with_disk(cfg, sources, single_root, None)
+    }
+
+    /// Like [`FsCore::new`], with a persistent disk tier behind the RAM cache.
+    pub fn with_disk(
+        cfg: CoreConfig,
+        sources: Vec<Mounted>,
+        single_root: bool,
+        disk: Option<Arc<crate::cache::disk::DiskCache>>,
+    ) -> Arc<FsCore> {
         let now = Instant::now();
-        let cache = BlockCache::new(cfg.memory, cfg.block_size, cfg.max_request, cfg.io_timeout);
+        let cache = BlockCache::with_disk(cfg.memory, cfg.block_size, cfg.max_request, cfg.io_timeout, disk);
         let root_node = |source, entry| Node {
             ino: ROOT,
             parent: ROOT,

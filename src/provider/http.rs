@@ -88,6 +88,8 @@ pub struct HttpSource {
     single_file: bool,
     headers: HeaderMap,
     has_credentials: bool,
+    /// Open with HEAD instead of a first-block GET (a disk tier may already hold the bytes).
+    head_on_open: bool,
 }
 
 impl HttpSource {
@@ -156,6 +158,7 @@ impl HttpSource {
             single_file,
             headers,
             has_credentials,
+            head_on_open: ctx.disk_cache,
         })
     }
 
@@ -357,6 +360,18 @@ impl Source for HttpSource {
                 prefix: None,
             });
         }
+        if self.head_on_open {
+            let mut entry = self.head(&file.name, &url).await?;
+            if entry.mtime == SystemTime::UNIX_EPOCH {
+                entry.mtime = file.mtime;
+            }
+            let reader = Arc::new(HttpReader::new(self, url, entry.size, entry.validator.clone()));
+            return Ok(Opened {
+                reader,
+                entry,
+                prefix: None,
+            });
+        }
         // One GET learns the version and brings the first block.
         let what = Self::what(&Method::GET, &url);
         let mut h = HeaderMap::new();
@@ -398,7 +413,7 @@ impl Source for HttpSource {
         let first = want.min(size);
         let prefix = if first == 0 {
             drop(resp);
-            Bytes::new()
+            Some(Bytes::new())
         } else {
             let body = self.http.body_stream(resp, &what);
             let mut s = range::cut(
@@ -410,12 +425,27 @@ impl Source for HttpSource {
                 },
             );
             let mut buf = bytes::BytesMut::with_capacity(first as usize);
+            let mut cut = None;
             while let Some(c) = s.next().await {
-                buf.extend_from_slice(&c?);
+                match c {
+                    Ok(c) => buf.extend_from_slice(&c),
+                    Err(e) => {
+                        cut = Some(e);
+                        break;
+                    }
+                }
             }
-            buf.freeze()
+            match cut {
+                None => Some(buf.freeze()),
+                // The version is known from the headers; the cache fetches (and resumes) the
+                // first block itself.
+                Some(e) if e.is_transient() => None,
+                Some(e) => return Err(e),
+            }
         };
-        crate::metrics::Metrics::add(&crate::metrics::global().http_bytes, prefix.len() as u64);
+        if let Some(p) = &prefix {
+            crate::metrics::Metrics::add(&crate::metrics::global().http_bytes, p.len() as u64);
+        }
         let mut entry = entry_from_headers(&file.name, &url, size, &headers);
         if entry.mtime == SystemTime::UNIX_EPOCH {
             entry.mtime = file.mtime;
@@ -425,7 +455,7 @@ impl Source for HttpSource {
         Ok(Opened {
             reader: Arc::new(reader),
             entry,
-            prefix: Some(prefix),
+            prefix,
         })
     }
 }

@@ -20,8 +20,8 @@ pub mod b2;
 pub mod doris;
 pub mod http;
 pub mod huawei;
-pub mod smh;
 pub mod onedata;
+pub mod smh;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,9 +37,22 @@ pub struct BuildContext {
     /// Directory of the config file, for relative `*_file` paths.
     pub base_dir: PathBuf,
     pub block_size: u64,
+    /// A persistent disk tier is configured: at open, prefer a metadata request (HEAD) over
+    /// fetching the first block, so a remount serves cached files with no data request.
+    pub disk_cache: bool,
 }
 
 impl BuildContext {
+    /// The context of a validated configuration.
+    pub fn from_config(cfg: &crate::config::Config) -> BuildContext {
+        BuildContext {
+            http: cfg.http.clone(),
+            base_dir: cfg.base_dir.clone(),
+            block_size: cfg.cache.block_size,
+            disk_cache: cfg.cache.dir.is_some(),
+        }
+    }
+
     /// A relative path from the config resolved against the config's directory.
     pub fn path(&self, p: &std::path::Path) -> PathBuf {
         if p.is_absolute() {
