@@ -70,6 +70,7 @@ fn ctx() -> BuildContext {
         },
         base_dir: std::env::temp_dir(),
         block_size: 1 << 20,
+        disk_cache: false,
     }
 }
 

@@ -256,11 +256,34 @@ impl BlockCache {
     }
 
     /// Makes sure the blocks covering `range` are cached or in flight; starts fetches for the
-    /// missing ones. Prefetches take only what the budget allows (possibly nothing).
+    /// missing ones. Demand blocks are always fetched; prefetches take only what the budget
+    /// allows (possibly nothing).
     pub fn ensure(self: &Arc<Self>, file: &Arc<FileCtx>, range: Range<u64>, prio: Priority) {
+        let must = if prio == Priority::Demand {
+            range.end
+        } else {
+            range.start
+        };
+        self.ensure_with(file, range, must, prio)
+    }
+
+    /// A demand fetch of `needed` that may grow up to `want_end` (one larger request instead of
+    /// several) where the budget allows; the blocks of `needed` are fetched in any case.
+    pub fn ensure_extended(self: &Arc<Self>, file: &Arc<FileCtx>, needed: Range<u64>, want_end: u64) {
+        let must = needed.end;
+        self.ensure_with(file, needed.start..want_end.max(needed.end), must, Priority::Demand)
+    }
+
+    fn ensure_with(self: &Arc<Self>, file: &Arc<FileCtx>, range: Range<u64>, must_end: u64, prio: Priority) {
         if range.is_empty() || range.start >= file.size {
             return;
         }
+        // Blocks below this index must be fetched whatever the budget says.
+        let must_block_end = if file.reader.ranges() {
+            must_end.min(file.size).div_ceil(self.block_size)
+        } else {
+            u64::MAX
+        };
         let nblocks = file.blocks(self.block_size);
         let (first, last) = if file.reader.ranges() {
             (
@@ -307,11 +330,21 @@ impl BlockCache {
                 {
                     end += 1;
                 }
-                let bytes: u64 = (idx..end).map(|i| self.block_len(file, i)).sum();
+                let mut bytes: u64 = (idx..end).map(|i| self.block_len(file, i)).sum();
                 let fits = match prio {
                     Priority::Demand => {
-                        self.make_room(&mut g, bytes);
-                        true // demand fetches proceed; the waiter bounds the wait
+                        // Optional blocks past what the read needs are dropped until the run
+                        // fits the budget; the needed ones proceed regardless (the overshoot is
+                        // bounded by the reads in flight, and the waiter bounds the wait).
+                        let floor = must_block_end.clamp(idx, end);
+                        while end > floor && !self.make_room(&mut g, bytes) {
+                            end -= 1;
+                            bytes -= self.block_len(file, end);
+                        }
+                        if end == floor {
+                            self.make_room(&mut g, bytes);
+                        }
+                        end > idx
                     }
                     Priority::Prefetch => {
                         g.prefetch_reserved + bytes <= self.budget / 2 && self.make_room(&mut g, bytes)

@@ -591,7 +591,7 @@ impl FsCore {
             let req = self.cfg.max_request.max(bs).min(plan.window.max(bs));
             (range.end.div_ceil(req) * req).min(file_size).max(range.end)
         };
-        self.cache.ensure(&h.ctx, range.start..demand_end, Priority::Demand);
+        self.cache.ensure_extended(&h.ctx, range.clone(), demand_end);
         if !plan.prefetch.is_empty() {
             self.cache.ensure(&h.ctx, plan.prefetch.clone(), Priority::Prefetch);
         }
