@@ -350,6 +350,8 @@ impl MountArgs {
                 }
                 "memory" | "cache_memory" => file.cache.memory = Some(set_size(&need(&v)?, "-o memory")?),
                 "block_size" => file.cache.block_size = Some(set_size(&need(&v)?, "-o block_size")?),
+                "request_size" => file.cache.request_size = Some(set_size(&need(&v)?, "-o request_size")?),
+                "max_window" => file.cache.max_window = Some(set_size(&need(&v)?, "-o max_window")?),
                 "read_ahead" => file.cache.read_ahead = Some(set_size(&need(&v)?, "-o read_ahead")?),
                 "ttl" => file.metadata.ttl = Some(set_dur(&need(&v)?, "-o ttl")?),
                 "io_timeout" => file.network.io_timeout = Some(set_dur(&need(&v)?, "-o io_timeout")?),

@@ -96,6 +96,8 @@ pub struct CacheSection {
     pub disk: Option<ByteSize>,
     /// Largest prefetch window of one sequential reader.
     pub max_window: Option<ByteSize>,
+    /// Largest single ranged GET (several blocks): fewer, larger requests cost less per byte.
+    pub request_size: Option<ByteSize>,
     /// Kernel readahead set on the mount's bdi when running as root (0 = leave the kernel's).
     pub read_ahead: Option<ByteSize>,
 }
@@ -212,6 +214,7 @@ pub struct CacheConfig {
     pub memory: u64,
     pub block_size: u64,
     pub max_window: u64,
+    pub request_size: u64,
     pub dir: Option<PathBuf>,
     pub disk: u64,
     pub read_ahead: u64,
@@ -223,6 +226,9 @@ impl Default for CacheConfig {
             memory: 256 << 20,
             block_size: 1 << 20,
             max_window: 64 << 20,
+            // 8 MiB: on loopback a GET costs ~0.1 ms before its first byte; at 8 MiB that is
+            // under 5 % of the transfer, and 8 requests fill the default 64 MiB window.
+            request_size: 8 << 20,
             dir: None,
             disk: 10 << 30,
             // 4 MiB: measured on this machine kind, raising the bdi readahead from 128 KiB to
@@ -330,6 +336,9 @@ impl ConfigFile {
             c.cache.max_window = w.max(c.cache.block_size);
         }
         c.cache.max_window = c.cache.max_window.min(c.cache.memory / 2);
+        if let Some(ByteSize(r)) = cache.request_size {
+            c.cache.request_size = r.max(c.cache.block_size);
+        }
         if let Some(ByteSize(r)) = cache.read_ahead {
             c.cache.read_ahead = r;
         }

@@ -486,7 +486,18 @@ impl BlockCache {
                 }
                 Ok(Ok(s)) => s,
             };
-            while let Some(item) = stream.next().await {
+            loop {
+                // The whole run is bounded by the I/O deadline, however slowly bytes trickle.
+                let next =
+                    tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), stream.next()).await;
+                let item = match next {
+                    Err(_) => Err(SourceError::Timeout(
+                        self.io_timeout,
+                        format!("fetching {}", file.key.remote),
+                    )),
+                    Ok(None) => break,
+                    Ok(Some(item)) => item,
+                };
                 match item {
                     Ok(mut chunk) => {
                         while !chunk.is_empty() {

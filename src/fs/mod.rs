@@ -128,7 +128,7 @@ impl CoreConfig {
             block_size: c.cache.block_size,
             memory: c.cache.memory,
             max_window: c.cache.max_window,
-            max_request: (8 << 20u64).max(c.cache.block_size),
+            max_request: c.cache.request_size.max(c.cache.block_size),
             io_timeout: c.http.op_timeout,
         }
     }
