@@ -37,7 +37,7 @@ OUT=${OUT:-/tmp/bench/results/fetchfs-bench.tsv}
 mkdir -p "$(dirname "$OUT")"
 "$HARNESS/run.sh" -r "$REPS" ${WL:+-w "$WL"} -o "$OUT" "$@"
 echo
-"$HARNESS/tools/summarize.py" table "$OUT" --run-id "$RUN_ID" || true
+python3 "$HARNESS/tools/summarize.py" table "$OUT" --run-id "$RUN_ID" || true
 echo
 python3 - "$OUT" "$RUN_ID" <<'PY'
 import csv, statistics, sys

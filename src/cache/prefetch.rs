@@ -22,6 +22,25 @@
 //!   reader), so a read counts as sequential when it lands within [`SEQ_SLACK`] of the expected
 //!   offset in either direction; only a real seek resets the window.
 
+//!
+//! ## Where the time goes (measured on the 2-core bench machine, `perf record -g` on the
+//! daemon during `dd bs=1M` of a 1 GiB file from nginx on loopback)
+//!
+//! * Steady-state prefetch once issued one block (1 MiB) per read, because each read moved
+//!   the window's end by exactly its own length: 850 requests per GiB at ~330 MB/s. Issuing
+//!   prefetch in whole request-sized batches (8 MiB) cut that to 134 requests and tripled
+//!   throughput.
+//! * The kernel keeps several readahead READs in flight (up to `read_ahead_kb`, 4 MiB here) and
+//!   answers them out of order; reads landing past the window used to become 1-block demand
+//!   fetches. A sequential miss now fetches the aligned request-sized run around it (within
+//!   the memory budget), and a first read near offset 0 counts as sequential.
+//! * About 10 % of the daemon's CPU went to page faults on fresh 1 MiB buffers (glibc `mmap`s
+//!   each); the cache now recycles block buffers (`cache::memory`).
+//! * What remains is copying: kernel→user for the socket, one copy from HTTP chunks into a
+//!   contiguous block, and user→kernel for the FUSE reply (`__memcpy`, `_copy_to_iter`,
+//!   `fuse_copy_*` lead the profile), plus thread wake-ups between hyper, tokio and the FUSE
+//!   threads. curl from the same nginx does one copy and no wake-ups.
+
 use std::ops::Range;
 
 /// First window of a sequential reader: two blocks is enough for `head`/`file`/`tar` headers.
@@ -52,6 +71,9 @@ pub struct Prefetcher {
     batch: u64,
     /// Bytes up to which prefetch has already been requested.
     scheduled_to: u64,
+    /// Where the current sequential streak began: the window never exceeds half of what the
+    /// streak has read, so a reader that stops after 64 MiB wastes at most ~50 %, not 100 %.
+    streak_start: u64,
 }
 
 impl Prefetcher {
@@ -62,6 +84,7 @@ impl Prefetcher {
             max_window: max_window.max(INITIAL_WINDOW),
             batch: batch.max(1),
             scheduled_to: 0,
+            streak_start: 0,
         }
     }
 
@@ -80,10 +103,15 @@ impl Prefetcher {
             Some(exp) => offset.abs_diff(exp) <= SEQ_SLACK,
         };
         if sequential {
+            if self.window == 0 {
+                self.streak_start = if self.expected.is_none() { 0 } else { offset };
+            }
+            let read_so_far = end.saturating_sub(self.streak_start);
+            let cap = self.max_window.min((read_so_far / 2).max(INITIAL_WINDOW));
             self.window = if self.window == 0 {
                 INITIAL_WINDOW
             } else {
-                (self.window * 2).min(self.max_window)
+                (self.window * 2).min(cap)
             };
         } else {
             self.window = 0;
@@ -135,7 +163,15 @@ mod tests {
             assert!(!plan.direct);
             windows.push(p.window() / MB);
         }
-        assert_eq!(windows, vec![2, 4, 8, 16, 16, 16, 16, 16]);
+        assert_eq!(
+            windows,
+            vec![2, 2, 2, 2, 2, 2, 2, 2],
+            "capped by half the streak at first"
+        );
+        for i in 8..400 {
+            p.on_read(i * 128 * 1024, 128 * 1024, 1 << 30);
+        }
+        assert_eq!(p.window(), 16 * MB, "reaches the cap once the streak is long");
     }
 
     #[test]
@@ -189,13 +225,30 @@ mod tests {
         p.on_read(MB, MB, 1 << 30);
         p.on_read(3 * MB, MB, 1 << 30); // the kernel sent 3 before 2
         p.on_read(2 * MB, MB, 1 << 30);
-        assert!(p.window() >= 8 * MB);
+        assert!(p.window() >= 2 * MB, "the window survived the reorder");
         let plan = p.on_read(700 * MB, MB, 1 << 30);
         assert!(plan.direct);
         assert_eq!(p.window(), 0);
         // Two reads in a row at the new place make it sequential again.
         let plan = p.on_read(701 * MB, MB, 1 << 30);
         assert!(!plan.direct);
+    }
+
+    #[test]
+    fn a_reader_that_stops_wastes_at_most_about_half_of_what_it_read() {
+        let mut p = Prefetcher::new(64 * MB, 8 * MB);
+        let start = 256 * MB;
+        let mut furthest = 0;
+        for i in 0..64 {
+            let plan = p.on_read(start + i * MB, MB, 1 << 30);
+            furthest = furthest.max(plan.prefetch.end);
+        }
+        let read = 64 * MB;
+        assert!(
+            furthest - (start + read) <= read / 2 + 8 * MB,
+            "prefetched {} past the end",
+            furthest - start - read
+        );
     }
 
     #[test]

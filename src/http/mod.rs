@@ -166,6 +166,24 @@ impl Http {
         body_stream(resp, self.opts.stall_timeout, what.to_string())
     }
 
+    /// Exactly the bytes of `requested` out of a response to a ranged GET (any of 200/206/416,
+    /// see [`range::plan`]), each chunk within the stall timeout, counted in the metrics.
+    pub fn ranged_body(
+        &self,
+        resp: Response,
+        requested: &std::ops::Range<u64>,
+        expected_size: Option<u64>,
+        what: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let plan = range::plan(resp.status(), resp.headers(), requested, expected_size)?;
+        let counted = self.body_stream(resp, what).inspect(|c| {
+            if let Ok(c) = c {
+                crate::metrics::Metrics::add(&crate::metrics::global().http_bytes, c.len() as u64);
+            }
+        });
+        Ok(range::cut(counted.boxed(), plan))
+    }
+
     /// Reads a whole (small) body, failing if it is larger than `limit` bytes.
     pub async fn body_bytes(&self, resp: Response, what: &str, limit: usize) -> Result<Bytes> {
         let mut stream = self.body_stream(resp, what);

@@ -618,13 +618,6 @@ impl FileReader for HttpReader {
                 return Err(SourceError::Changed(format!("{what}: the file changed on the server")));
             }
         }
-        let plan = range::plan(status, resp.headers(), &r, Some(self.size))?;
-        let body = self.http.body_stream(resp, &what);
-        let counted = body.inspect(|c| {
-            if let Ok(c) = c {
-                crate::metrics::Metrics::add(&crate::metrics::global().http_bytes, c.len() as u64);
-            }
-        });
-        Ok(range::cut(counted.boxed(), plan))
+        self.http.ranged_body(resp, &r, Some(self.size), &what)
     }
 }

@@ -37,8 +37,8 @@ use url::Url;
 use super::BuildContext;
 use crate::config::{ConfigError, resolve_secret};
 use crate::error::{Result, SourceError};
+use crate::http::Http;
 use crate::http::auth::TokenCache;
-use crate::http::{Http, range};
 use crate::source::{Capabilities, Entry, FileReader, OpenRequest, Opened, Source};
 
 /// Name of the directory listing every file by id.
@@ -644,14 +644,7 @@ impl FileReader for HuaweiReader {
         let what = format!("GET download/{}", self.file_id);
         let resp = self.inner.get(&what, &["download", &self.file_id]).await?;
         // A 206 is accepted if HSS ever sends one; `plan` checks its Content-Range.
-        let plan = range::plan(resp.status(), resp.headers(), &r, Some(self.size))?;
-        let body = self.inner.http.body_stream(resp, &what);
-        let counted = body.inspect(|c| {
-            if let Ok(c) = c {
-                crate::metrics::Metrics::add(&crate::metrics::global().http_bytes, c.len() as u64);
-            }
-        });
-        Ok(range::cut(counted.boxed(), plan))
+        self.inner.http.ranged_body(resp, &r, Some(self.size), &what)
     }
 }
 

@@ -34,7 +34,6 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::HeaderValue;
@@ -894,14 +893,7 @@ impl FileReader for OnedataReader {
                 .unwrap_or_default();
             return Err(api_error(status, &body, what));
         }
-        let plan = range::plan(resp.status(), resp.headers(), &r, Some(self.size))?;
-        let body = self.http.body_stream(resp, what);
-        let counted = body.inspect(|c| {
-            if let Ok(c) = c {
-                crate::metrics::Metrics::add(&crate::metrics::global().http_bytes, c.len() as u64);
-            }
-        });
-        Ok(range::cut(counted.boxed(), plan))
+        self.http.ranged_body(resp, &r, Some(self.size), what)
     }
 }
 

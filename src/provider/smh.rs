@@ -57,7 +57,6 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderValue, RANGE};
@@ -1114,13 +1113,7 @@ impl FileReader for SmhReader {
             {
                 return Err(SourceError::Changed(format!("{what}: the object's CRC-64 changed")));
             }
-            let plan = range::plan(status, resp.headers(), &r, Some(self.size))?;
-            let body = self.src.http.body_stream(resp, &what).inspect(|c| {
-                if let Ok(c) = c {
-                    crate::metrics::Metrics::add(&crate::metrics::global().http_bytes, c.len() as u64);
-                }
-            });
-            return Ok(range::cut(body.boxed(), plan));
+            return self.src.http.ranged_body(resp, &r, Some(self.size), &what);
         }
     }
 }

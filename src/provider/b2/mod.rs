@@ -829,14 +829,7 @@ impl FileReader for B2Reader {
                 self.file_id
             )));
         }
-        let plan = range::plan(status, resp.headers(), &r, Some(self.size))?;
-        let body = inner.http.body_stream(resp, &what);
-        let counted = body.inspect(|c| {
-            if let Ok(c) = c {
-                crate::metrics::Metrics::add(&crate::metrics::global().http_bytes, c.len() as u64);
-            }
-        });
-        Ok(range::cut(counted.boxed(), plan))
+        inner.http.ranged_body(resp, &r, Some(self.size), &what)
     }
 }
 
