@@ -446,12 +446,11 @@ pub fn resolve_secret(
         }
         return Ok(Some(v));
     }
-    if let Some(var) = env_var {
-        if let Ok(v) = std::env::var(var) {
-            if !v.is_empty() {
-                return Ok(Some(v));
-            }
-        }
+    if let Some(var) = env_var
+        && let Ok(v) = std::env::var(var)
+        && !v.is_empty()
+    {
+        return Ok(Some(v));
     }
     if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
         for name in [format!("{source}.{key}"), key.to_string()] {

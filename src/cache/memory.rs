@@ -77,6 +77,10 @@ impl FileCtx {
 }
 
 type Slot = watch::Receiver<Option<Result<Bytes>>>;
+/// The sending side of a block's single-flight slot.
+type SlotTx = watch::Sender<Option<Result<Bytes>>>;
+/// A run to fetch: first block, end block, one sender per block, prefetch bytes reserved.
+type Run = (u64, u64, Vec<SlotTx>, u64);
 
 struct Inner {
     lru: LruCache<BlockId, Bytes>,
@@ -354,7 +358,7 @@ impl BlockCache {
         } else {
             nblocks
         };
-        let mut runs: Vec<(u64, u64, Vec<watch::Sender<Option<Result<Bytes>>>>, u64)> = Vec::new();
+        let mut runs: Vec<Run> = Vec::new();
         {
             let mut g = self.inner.lock().unwrap();
             let mut idx = first;
@@ -636,12 +640,10 @@ impl BlockCache {
         prefetch: bool,
         from_network: bool,
     ) {
-        if from_network {
-            if let Some(disk) = self.disk.clone() {
-                let key = crate::cache::BlockKey::of(&file.key, index);
-                let d = data.clone();
-                tokio::task::spawn_blocking(move || disk.put(&key, &d));
-            }
+        if from_network && let Some(disk) = self.disk.clone() {
+            let key = crate::cache::BlockKey::of(&file.key, index);
+            let d = data.clone();
+            tokio::task::spawn_blocking(move || disk.put(&key, &d));
         }
         let len = data.len() as u64;
         let mut g = self.inner.lock().unwrap();

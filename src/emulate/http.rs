@@ -109,10 +109,10 @@ async fn serve_path(State(s): State<AppState>, method: Method, uri: Uri, headers
                 .into_response();
         }
     }
-    if let Some((name, value)) = &b.require_header {
-        if headers.get(name.as_str()).and_then(|v| v.to_str().ok()) != Some(value.as_str()) {
-            return (StatusCode::FORBIDDEN, "403 Forbidden").into_response();
-        }
+    if let Some((name, value)) = &b.require_header
+        && headers.get(name.as_str()).and_then(|v| v.to_str().ok()) != Some(value.as_str())
+    {
+        return (StatusCode::FORBIDDEN, "403 Forbidden").into_response();
     }
     let raw = uri.path();
     let (redirected, raw) = match raw.strip_prefix("/__redirect") {
@@ -176,10 +176,11 @@ async fn file(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    if let Some(ir) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
-        if ir != etag && ir != last_modified {
-            range = None;
-        }
+    if let Some(ir) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok())
+        && ir != etag
+        && ir != last_modified
+    {
+        range = None;
     }
     let span = match range.as_deref().map(|r| parse_range(r, size)) {
         None | Some(RangeAsk::Ignore) => None,

@@ -152,11 +152,10 @@ pub fn fault_layer(router: Router, harness: Harness, error_body: fn(u16) -> (Str
         .merge(control)
 }
 
-async fn inject(
-    State((h, error_body)): State<(Harness, fn(u16) -> (String, &'static str))>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// Renders an injected error in a provider's own shape: (body, content type).
+pub type ErrorBody = fn(u16) -> (String, &'static str);
+
+async fn inject(State((h, error_body)): State<(Harness, ErrorBody)>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     h.stats.record(req.method().as_str(), &path);
     let spec = h.faults.get();
@@ -234,10 +233,11 @@ fn mangle(
             };
             let mut v = chunk.to_vec();
             let end = off + v.len() as u64;
-            if let Some(at) = flip_at {
-                if at >= off && at < end {
-                    v[(at - off) as usize] ^= 0xff;
-                }
+            if let Some(at) = flip_at
+                && at >= off
+                && at < end
+            {
+                v[(at - off) as usize] ^= 0xff;
             }
             let mut cut = reset_after
                 .filter(|&limit| end > limit)

@@ -558,10 +558,10 @@ impl FsCore {
         let h = self.handle(fh)?;
         {
             let t = self.table.lock().unwrap();
-            if let Some(n) = t.get(h.ino) {
-                if n.bad_version.as_deref() == Some(h.validator.as_str()) {
-                    return Err(FsError::BadVersion(h.validator.clone()));
-                }
+            if let Some(n) = t.get(h.ino)
+                && n.bad_version.as_deref() == Some(h.validator.as_str())
+            {
+                return Err(FsError::BadVersion(h.validator.clone()));
             }
         }
         let file_size = h.ctx.size;

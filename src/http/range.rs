@@ -91,10 +91,10 @@ pub fn plan(
             let (a, b) = cr
                 .span
                 .ok_or_else(|| SourceError::Protocol("206 with Content-Range */N".into()))?;
-            if let (Some(total), Some(exp)) = (cr.total, expected_size) {
-                if total != exp {
-                    return Err(SourceError::Changed(format!("size is now {total}, was {exp}")));
-                }
+            if let (Some(total), Some(exp)) = (cr.total, expected_size)
+                && total != exp
+            {
+                return Err(SourceError::Changed(format!("size is now {total}, was {exp}")));
             }
             if a != requested.start {
                 return Err(SourceError::Protocol(format!(
@@ -119,18 +119,18 @@ pub fn plan(
             })
         }
         200 => {
-            if let (Some(len), Some(exp)) = (content_length, expected_size) {
-                if len != exp {
-                    return Err(SourceError::Changed(format!("size is now {len}, was {exp}")));
-                }
+            if let (Some(len), Some(exp)) = (content_length, expected_size)
+                && len != exp
+            {
+                return Err(SourceError::Changed(format!("size is now {len}, was {exp}")));
             }
-            if let Some(len) = content_length {
-                if len < requested.end {
-                    return Err(SourceError::Changed(format!(
-                        "object is {len} bytes, read wants {}",
-                        requested.end
-                    )));
-                }
+            if let Some(len) = content_length
+                && len < requested.end
+            {
+                return Err(SourceError::Changed(format!(
+                    "object is {len} bytes, read wants {}",
+                    requested.end
+                )));
             }
             Ok(BodyPlan {
                 skip: requested.start,
@@ -147,7 +147,7 @@ pub fn plan(
         }
         s => Err(SourceError::Http {
             status: s,
-            message: format!("unexpected status for a ranged GET"),
+            message: "unexpected status for a ranged GET".to_string(),
         }),
     }
 }

@@ -285,10 +285,10 @@ fn validator_of(h: &HeaderMap, size: u64) -> Option<String> {
 
 fn entry_from_headers(name: &str, url: &Url, size: u64, h: &HeaderMap) -> Entry {
     let mut e = Entry::file(name, url.as_str(), size);
-    if let Some(lm) = h.get(reqwest::header::LAST_MODIFIED).and_then(|v| v.to_str().ok()) {
-        if let Ok(t) = httpdate::parse_http_date(lm) {
-            e.mtime = t;
-        }
+    if let Some(lm) = h.get(reqwest::header::LAST_MODIFIED).and_then(|v| v.to_str().ok())
+        && let Ok(t) = httpdate::parse_http_date(lm)
+    {
+        e.mtime = t;
     }
     e.validator = validator_of(h, size);
     decorate(e)

@@ -37,10 +37,13 @@ pub struct MemShared {
     pub bytes: AtomicU64,
 }
 
+type MemFile = (Bytes, Option<Checksum>, u64);
+
 /// A file tree held in memory. Paths are `/`-separated, without a leading slash.
 #[derive(Default)]
 pub struct MemSource {
-    files: Mutex<BTreeMap<String, (Bytes, Option<Checksum>, u64)>>,
+    /// path → (bytes, checksum, version number).
+    files: Mutex<BTreeMap<String, MemFile>>,
     pub shared: Arc<MemShared>,
     whole_file: bool,
 }
@@ -175,14 +178,14 @@ impl FileReader for MemReader {
         let mut off = 0usize;
         while off < body.len() {
             let end = (off + (64 << 10)).min(body.len());
-            if let Some(limit) = cut {
-                if end as u64 > limit {
-                    if (limit as usize) > off {
-                        chunks.push(Ok(body.slice(off..limit as usize)));
-                    }
-                    chunks.push(Err(SourceError::Connect("injected reset".into())));
-                    break;
+            if let Some(limit) = cut
+                && end as u64 > limit
+            {
+                if (limit as usize) > off {
+                    chunks.push(Ok(body.slice(off..limit as usize)));
                 }
+                chunks.push(Err(SourceError::Connect("injected reset".into())));
+                break;
             }
             chunks.push(Ok(body.slice(off..end)));
             off = end;

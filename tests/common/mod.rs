@@ -150,11 +150,11 @@ impl MountGuard {
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if let Some(c) = self.child.as_mut() {
-                if let Some(st) = c.try_wait().unwrap() {
-                    self.child = None;
-                    return Some(st);
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Some(st) = c.try_wait().unwrap()
+            {
+                self.child = None;
+                return Some(st);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
