@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::config::{Config, SourceConfig};
 use crate::emulate::Server;
 use crate::fs::{CoreConfig, FsCore};
-use crate::mount::{MountError, after_mount, build_sources, mount_core, wait_for_end};
+use crate::mount::{MountError, Signals, after_mount, build_sources, mount_core, wait_for_end};
 
 /// Writes the plain-HTTP sample tree: a few text files, nested directories, binary files.
 pub fn write_http_samples(dir: &Path) -> std::io::Result<()> {
@@ -64,6 +64,7 @@ fn run_inner(mountpoint: &Path, once: bool, data: &Path) -> Result<(), MountErro
         .build()
         .map_err(|e| MountError(format!("cannot start the runtime: {e}")))?;
     let result = rt.block_on(async {
+        let signals = Signals::install()?;
         let (servers, sources) = start_emulators(data).await?;
         let cfg = Config {
             sources,
@@ -91,7 +92,7 @@ fn run_inner(mountpoint: &Path, once: bool, data: &Path) -> Result<(), MountErro
             let _ = writeln!(std::io::stdout(), "Press Ctrl-C to unmount and stop the emulators.");
         }
         let _ = std::io::stdout().flush();
-        let r = wait_for_end(running, &mountpoint).await;
+        let r = wait_for_end(running, &mountpoint, signals).await;
         for s in servers {
             s.1.stop().await;
         }

@@ -170,6 +170,7 @@ fn serve(req: MountRequest, ready_fd: Option<RawFd>) -> Result<(), MountError> {
         .enable_all()
         .build()
         .map_err(|e| MountError(format!("cannot start the I/O runtime: {e}")))?;
+    let signals = rt.block_on(async { Signals::install() })?;
     let cfg = &req.config;
     crate::notify::status("Reaching the sources");
     let disk = open_disk(cfg)?;
@@ -185,7 +186,7 @@ fn serve(req: MountRequest, ready_fd: Option<RawFd>) -> Result<(), MountError> {
         report(ready_fd, "READY");
         crate::notify::ready(&format!("Mounted {}", mountpoint.display()));
         tracing::info!(mountpoint = %mountpoint.display(), "mounted");
-        wait_for_end(session, &mountpoint).await
+        wait_for_end(session, &mountpoint, signals).await
     });
     crate::notify::stopping();
     // Give in-flight replies a moment, then stop the runtime without waiting on stuck tasks.
@@ -303,12 +304,34 @@ fn set_read_ahead(meta: &std::fs::Metadata, bytes: u64) {
     }
 }
 
+/// SIGTERM, SIGINT and SIGHUP, caught from before the mount exists: a signal that arrives while
+/// mounting must still lead to a clean unmount, not kill the daemon with a dead mount behind.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside a tokio runtime).
+    pub fn install() -> Result<Signals, MountError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let get = |k: SignalKind, n: &str| signal(k).map_err(|e| MountError(format!("cannot watch {n}: {e}")));
+        Ok(Signals {
+            term: get(SignalKind::terminate(), "SIGTERM")?,
+            int: get(SignalKind::interrupt(), "SIGINT")?,
+            hup: get(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+}
+
 /// Serves until SIGINT/SIGTERM (then unmounts) or until the session ends (external umount).
-pub async fn wait_for_end(mut running: Running, mountpoint: &Path) -> Result<(), MountError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| MountError(format!("cannot watch SIGTERM: {e}")))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| MountError(format!("cannot watch SIGINT: {e}")))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| MountError(format!("cannot watch SIGHUP: {e}")))?;
+pub async fn wait_for_end(mut running: Running, mountpoint: &Path, signals: Signals) -> Result<(), MountError> {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     let ended = tokio::select! {
         r = &mut running.done => {
             running.finished = true;

@@ -288,6 +288,14 @@ fn misbehaving_servers_still_give_exact_bytes() {
             FaultSpec::default(),
         ),
         (
+            "chunked without length",
+            HttpBehaviour {
+                chunked: true,
+                ..Default::default()
+            },
+            FaultSpec::default(),
+        ),
+        (
             "503 + retry-after",
             HttpBehaviour::default(),
             FaultSpec {
