@@ -12,10 +12,11 @@ use md5::Digest as _;
 enum State {
     Sha1(sha1::Sha1),
     Md5(md5::Md5),
-    Crc64(crc::Digest<'static, u64>),
+    Crc64(crc::Digest<'static, u64, crc::Table<16>>),
 }
 
-static CRC64_XZ: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
+/// Slice-by-16 tables: the default byte-wise table ran at ~350 MB/s and capped SMH reads.
+static CRC64_XZ: crc::Crc<u64, crc::Table<16>> = crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_XZ);
 
 /// Running hash of a contiguous prefix of one file version.
 pub struct Verifier {

@@ -94,7 +94,7 @@ pub const VERSIONS_DIR: &str = ".versions";
 const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// CRC-64/XZ, the "CRC64-ECMA182" of COS and SMH (§3.6).
-pub const CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
+pub const CRC64: crc::Crc<u64, crc::Table<16>> = crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_XZ);
 
 /// CRC-64/XZ of `data`, as SMH publishes it in `crc64` (render with `to_string()`).
 pub fn crc64(data: &[u8]) -> u64 {
