@@ -48,7 +48,7 @@ async fn ino(core: &FsCore, name: &str) -> u64 {
     core.lookup(1, name).await.unwrap().ino
 }
 
-async fn read_all(core: &FsCore, fh: u64, chunk: u32) -> Result<Vec<u8>, FsError> {
+async fn read_all(core: &Arc<FsCore>, fh: u64, chunk: u32) -> Result<Vec<u8>, FsError> {
     let mut out = Vec::new();
     loop {
         let b = core.read(fh, out.len() as u64, chunk).await?;

@@ -45,7 +45,7 @@ async fn core(cfg: &Config) -> Arc<FsCore> {
     FsCore::new(CoreConfig::from_config(cfg), sources, true)
 }
 
-async fn read_file(core: &FsCore, name: &str, chunk: u32) -> Vec<u8> {
+async fn read_file(core: &Arc<FsCore>, name: &str, chunk: u32) -> Vec<u8> {
     let attr = core.lookup(1, name).await.unwrap();
     let (fh, _) = core.open(attr.ino).await.unwrap();
     let mut out = Vec::new();
