@@ -59,11 +59,12 @@ for p in "$@"; do
   esac
   mkdir -p "$sub"
   if [ -f "$big_src" ]; then ln -f "$big_src" "$sub/big.bin" 2>/dev/null || cp "$big_src" "$sub/big.bin"; else head -c 1G /dev/urandom > "$sub/big.bin"; fi
+  PORT=$((PORT + 1))   # a fresh port per provider: the previous emulator may still be closing
   "$BIN" emulate "$p" --root "$data" --port $PORT > "$WORK/$p-emu.log" 2>&1 &
   EMU_PID=$!
   # Emulators index (and hash) their tree before listening: wait until one says it serves.
   for _ in $(seq 1 240); do grep -q serving "$WORK/$p-emu.log" && break; sleep 0.5; done
-  grep -q serving "$WORK/$p-emu.log" || { echo "$p emulator did not start" >&2; exit 1; }
+  grep -q serving "$WORK/$p-emu.log" || { echo "$p emulator did not start: $(cat "$WORK/$p-emu.log")" >&2; exit 1; }
   base=http://127.0.0.1:$PORT
   cfg=$WORK/$p.toml
   case $p in
