@@ -59,8 +59,7 @@ fn main() -> ExitCode {
 }
 
 fn mount(args: &fetchfs::cli::MountArgs, argv: &[std::ffi::OsString]) -> Result<(), String> {
-    let (url, mountpoint) = args.split_targets().map_err(|e| e.to_string())?;
-    let _ = url;
+    let (_, mountpoint) = args.split_targets().map_err(|e| e.to_string())?;
     let (config, single_root, fsname) = args.to_config().map_err(|e| e.to_string())?;
     if !args.foreground {
         // Check what can be checked before detaching, so the common mistakes print here.

@@ -43,26 +43,7 @@ fn cp_r_of_a_tree_gives_identical_md5sums() {
     let fx = fixture();
     let files = make_tree(fx.data.path(), 5, 20, 300_000, 7);
     let m = MountGuard::start(&[&fx.url()]);
-    let out = tempfile::tempdir().unwrap();
-    let (ok, _, err) = sh(
-        &format!("cp -r {}/. {}/", m.mnt().display(), out.path().display()),
-        Duration::from_secs(60),
-    );
-    assert!(ok, "cp failed: {err}\n{}", m.log_text());
-    let (ok, sums, _) = sh(
-        &format!("cd {} && find . -type f | sort | xargs md5sum", out.path().display()),
-        Duration::from_secs(30),
-    );
-    assert!(ok);
-    assert_eq!(sums.lines().count(), files.len());
-    for (path, data) in &files {
-        let rel = path.strip_prefix(fx.data.path()).unwrap().display().to_string();
-        let line = sums
-            .lines()
-            .find(|l| l.ends_with(&format!("./{rel}")))
-            .unwrap_or_else(|| panic!("{rel} missing"));
-        assert!(line.starts_with(&md5_hex(data)), "{rel}: {line}");
-    }
+    cp_r_and_check_md5(&m, &m.mnt(), &files, fx.data.path(), Duration::from_secs(60));
 }
 
 #[test]

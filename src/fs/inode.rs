@@ -41,6 +41,22 @@ pub struct Node {
     pub bad_version: Option<String>,
 }
 
+impl Node {
+    /// A node just confirmed by the provider, with no listing and no kernel pages yet.
+    pub fn new(ino: u64, parent: u64, source: SourceIdx, entry: Entry, now: Instant) -> Node {
+        Node {
+            ino,
+            parent,
+            source,
+            entry,
+            confirmed: now,
+            listing: None,
+            kernel_validator: None,
+            bad_version: None,
+        }
+    }
+}
+
 /// All inodes of the mount.
 #[derive(Debug, Default)]
 pub struct InodeTable {
@@ -85,19 +101,7 @@ impl InodeTable {
         let ino = self.next;
         self.next += 1;
         self.by_parent.insert(key, ino);
-        self.nodes.insert(
-            ino,
-            Node {
-                ino,
-                parent,
-                source,
-                entry,
-                confirmed: now,
-                listing: None,
-                kernel_validator: None,
-                bad_version: None,
-            },
-        );
+        self.nodes.insert(ino, Node::new(ino, parent, source, entry, now));
         ino
     }
 
@@ -117,16 +121,7 @@ mod tests {
     #[test]
     fn the_same_name_keeps_its_inode_number() {
         let now = Instant::now();
-        let mut t = InodeTable::new(Node {
-            ino: ROOT,
-            parent: ROOT,
-            source: None,
-            entry: Entry::dir("", ""),
-            confirmed: now,
-            listing: None,
-            kernel_validator: None,
-            bad_version: None,
-        });
+        let mut t = InodeTable::new(Node::new(ROOT, ROOT, None, Entry::dir("", ""), now));
         let a = t.upsert(ROOT, Some(0), Entry::file("a", "r/a", 1), now);
         let b = t.upsert(ROOT, Some(0), Entry::file("b", "r/b", 1), now);
         let a2 = t.upsert(ROOT, Some(0), Entry::file("a", "r/a", 2), now);

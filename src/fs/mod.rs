@@ -180,16 +180,7 @@ impl FsCore {
     ) -> Arc<FsCore> {
         let now = Instant::now();
         let cache = BlockCache::with_disk(cfg.memory, cfg.block_size, cfg.max_request, cfg.io_timeout, disk);
-        let root_node = |source, entry| Node {
-            ino: ROOT,
-            parent: ROOT,
-            source,
-            entry,
-            confirmed: now,
-            listing: None,
-            kernel_validator: None,
-            bad_version: None,
-        };
+        let root_node = |source, entry| Node::new(ROOT, ROOT, source, entry, now);
         let table = if single_root {
             let root = sources
                 .first()

@@ -228,3 +228,25 @@ pub fn md5_hex(data: &[u8]) -> String {
     use md5::Digest;
     hex::encode(md5::Md5::digest(data))
 }
+
+/// `cp -r SRC/. DEST/` out of a mount, then checks with `md5sum` that the copy holds exactly
+/// `files` (paths relative to `origin`) with their bytes.
+pub fn cp_r_and_check_md5(m: &MountGuard, src: &Path, files: &[(PathBuf, Vec<u8>)], origin: &Path, limit: Duration) {
+    let out = tempfile::tempdir().unwrap();
+    let (ok, _, err) = sh(&format!("cp -r {}/. {}/", src.display(), out.path().display()), limit);
+    assert!(ok, "cp failed: {err}\n{}", m.log_text());
+    let (ok, sums, _) = sh(
+        &format!("cd {} && find . -type f | sort | xargs md5sum", out.path().display()),
+        Duration::from_secs(30),
+    );
+    assert!(ok);
+    assert_eq!(sums.lines().count(), files.len());
+    for (path, data) in files {
+        let rel = path.strip_prefix(origin).unwrap().display().to_string();
+        let line = sums
+            .lines()
+            .find(|l| l.ends_with(&format!("./{rel}")))
+            .unwrap_or_else(|| panic!("{rel} missing"));
+        assert!(line.starts_with(&md5_hex(data)), "{rel}: {line}");
+    }
+}
