@@ -161,6 +161,9 @@ pub fn tune_allocator() {
     }
 }
 
+/// Longest the daemon waits at exit for queued disk-cache writes (32 blocks even at 10 MB/s).
+const DISK_FLUSH_LIMIT: Duration = Duration::from_secs(10);
+
 fn serve(req: MountRequest, ready_fd: Option<RawFd>) -> Result<(), MountError> {
     tune_allocator();
     let mountpoint = check_mountpoint(&req.mountpoint)?;
@@ -189,6 +192,10 @@ fn serve(req: MountRequest, ready_fd: Option<RawFd>) -> Result<(), MountError> {
         wait_for_end(session, &mountpoint, signals).await
     });
     crate::notify::stopping();
+    // Blocks downloaded before the unmount reach the disk tier, so a remount finds them.
+    if !core.cache().flush_disk(DISK_FLUSH_LIMIT) {
+        tracing::warn!("the disk cache writer did not finish within {DISK_FLUSH_LIMIT:?}; some blocks were not stored");
+    }
     // Give in-flight replies a moment, then stop the runtime without waiting on stuck tasks.
     rt.shutdown_timeout(Duration::from_secs(2));
     result

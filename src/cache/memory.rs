@@ -102,6 +102,8 @@ pub struct BlockCache {
     inner: Mutex<Inner>,
     /// Persistent tier: consulted before the network inside a fetch run, written behind.
     disk: Option<Arc<crate::cache::disk::DiskCache>>,
+    /// The disk tier's write-behind thread (with `disk`).
+    writer: Option<crate::cache::disk::DiskWriter>,
     /// Recycled block buffers.
     pool: Arc<BufPool>,
     block_size: u64,
@@ -187,6 +189,7 @@ impl BlockCache {
         disk: Option<Arc<crate::cache::disk::DiskCache>>,
     ) -> Arc<BlockCache> {
         Arc::new(BlockCache {
+            writer: disk.clone().map(crate::cache::disk::DiskWriter::spawn),
             disk,
             pool: Arc::new(BufPool {
                 free: Mutex::new(Vec::new()),
@@ -271,6 +274,12 @@ impl BlockCache {
             drop(g);
             idx += 1;
         }
+    }
+
+    /// Waits (at most `limit`) until every downloaded block queued for the disk tier is written:
+    /// called once the mount is gone, so a remount finds everything that was read.
+    pub fn flush_disk(&self, limit: Duration) -> bool {
+        self.writer.as_ref().is_none_or(|w| w.flush(limit))
     }
 
     /// The disk tier, if any.
@@ -513,7 +522,6 @@ impl BlockCache {
                             b,
                             &senders[(next_block - first) as usize],
                             prefetch_bytes > 0,
-                            false,
                         );
                         next_block += 1;
                         pos = (next_block * self.block_size).min(stop);
@@ -570,11 +578,14 @@ impl BlockCache {
                                 self.complete(
                                     &file,
                                     next_block,
-                                    done,
+                                    done.clone(),
                                     &senders[(next_block - first) as usize],
                                     prefetch_bytes > 0,
-                                    true,
                                 );
+                                // After the readers have it: a busy disk may slow this run a little.
+                                if let Some(w) = &self.writer {
+                                    w.submit(crate::cache::BlockKey::of(&file.key, next_block), done).await;
+                                }
                                 next_block += 1;
                                 if next_block < end {
                                     cur = self.pool.take(self.block_len(&file, next_block) as usize);
@@ -638,13 +649,7 @@ impl BlockCache {
         data: Bytes,
         tx: &watch::Sender<Option<Result<Bytes>>>,
         prefetch: bool,
-        from_network: bool,
     ) {
-        if from_network && let Some(disk) = self.disk.clone() {
-            let key = crate::cache::BlockKey::of(&file.key, index);
-            let d = data.clone();
-            tokio::task::spawn_blocking(move || disk.put(&key, &d));
-        }
         let len = data.len() as u64;
         let mut g = self.inner.lock().unwrap();
         let id = BlockId {

@@ -49,8 +49,10 @@
 pub mod format;
 mod layout;
 mod lock;
+pub mod writer;
 
 pub use format::FormatError;
+pub use writer::DiskWriter;
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, IoSlice, Write};
