@@ -12,6 +12,12 @@
 # when those tools are installed. Medians of REPS runs (default 3) are printed with their
 # ratio to curl, all from the same run.
 #
+# Then scripts/bench_extra.py runs the workloads of issue 4 (8 parallel readers, skip-ahead,
+# scattered reads over a 16 GiB sparse file, warm read from the disk tier after a remount,
+# peak RSS of each) for direct, fetchfs with its disk tier (scripts/bench/fetchfs-disk.sh) and
+# the caching anchors httpdirfs --cache and rclone --vfs-cache-mode full. EXTRA=0 skips them;
+# EXTRA_ONLY=1 runs only them; EXTRA_WORKLOADS picks some (par8,skip,sparse,warm_disk).
+#
 # Needs root (drop_caches, mounting), nginx-light, fio, time: `apt-get install -y nginx-light
 # fio time` (+ httpdirfs rclone for the anchors). Builds target/release/fetchfs first.
 set -euo pipefail
@@ -33,6 +39,16 @@ if (($# == 0)); then
   command -v rclone >/dev/null && set -- "$@" rclone-off
 fi
 export RUN_ID=${RUN_ID:-fetchfs-$(date +%Y%m%d-%H%M%S)}
+extra() {
+  [ "${EXTRA:-1}" = 1 ] || return 0
+  local m=(direct "$ROOT/scripts/bench/fetchfs-disk.sh")
+  command -v httpdirfs >/dev/null && m+=(httpdirfs-cache)
+  command -v rclone >/dev/null && m+=(rclone-full)
+  echo
+  BENCH_HARNESS=$HARNESS python3 "$ROOT/scripts/bench_extra.py" -r "$REPS" \
+    -w "${EXTRA_WORKLOADS:-par8,skip,sparse,warm_disk}" "${m[@]}"
+}
+if [ "${EXTRA_ONLY:-0}" = 1 ]; then extra; exit; fi
 OUT=${OUT:-/tmp/bench/results/fetchfs-bench.tsv}
 mkdir -p "$(dirname "$OUT")"
 "$HARNESS/run.sh" -r "$REPS" ${WL:+-w "$WL"} -o "$OUT" "$@"
@@ -66,3 +82,4 @@ for mo in mounters:
         hwm = m(mo, wl, "daemon_hwm_MB")
         print(f"  {mo:<16} {wl:<10} {a:>12.3f}  curl {d:>12.3f}  ratio {ratio:6.2f}{extra}  peak RSS {hwm} MB")
 PY
+extra
