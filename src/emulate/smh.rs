@@ -60,7 +60,7 @@ use serde_json::{Value, json};
 
 use super::Harness;
 use super::http::{RangeAsk, parse_range};
-use crate::provider::smh::{CRC64, encode_path};
+use crate::provider::smh::{Crc64, encode_path};
 
 /// Longest token period the API allows (§3.2).
 const MAX_PERIOD: u64 = 315_360_000;
@@ -767,7 +767,7 @@ impl AppState {
         }
         use md5::Digest as _;
         let mut f = std::fs::File::open(file)?;
-        let mut crc = CRC64.digest();
+        let mut crc = Crc64::new();
         let mut md5 = md5::Md5::new();
         let mut buf = vec![0u8; 256 << 10];
         loop {
@@ -775,13 +775,13 @@ impl AppState {
             if n == 0 {
                 break;
             }
-            crc.update(&buf[..n]);
+            crc.write(&buf[..n]);
             md5.update(&buf[..n]);
         }
         let d = Digest {
             len: meta.len(),
             mtime,
-            crc: crc.finalize(),
+            crc: crc.sum64(),
             md5: hex::encode(md5.finalize()),
         };
         self.ctl.digests.lock().unwrap().insert(file.to_path_buf(), d.clone());
@@ -918,16 +918,16 @@ impl AppState {
         }
         children.sort_by(|a, b| (!a.is_dir, &a.name).cmp(&(!b.is_dir, &b.name)));
         let sub_dirs = children.iter().filter(|c| c.is_dir).count();
-        let mut d = CRC64.digest();
+        let mut d = Crc64::new();
         for c in &children {
-            d.update(c.name.as_bytes());
-            d.update(b"/");
+            d.write(c.name.as_bytes());
+            d.write(b"/");
         }
         let l = Arc::new(Listing {
             mtime,
             files: children.len() - sub_dirs,
             sub_dirs,
-            etag: format!("\"{:x}\"", d.finalize()),
+            etag: format!("\"{:x}\"", d.sum64()),
             children,
         });
         self.ctl.listings.lock().unwrap().insert(dir, l.clone());
