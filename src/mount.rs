@@ -228,8 +228,17 @@ pub fn mount_core(
         MountOption::FSName(fsname.to_string()),
         MountOption::Subtype("fetchfs".to_string()),
     ];
+    if cfg.auto_unmount {
+        // fusermount3 mounts and then stays as a watcher: when this process dies (even by
+        // SIGKILL) its socket closes and the watcher unmounts, so no dead mount is left.
+        fc.mount_options.push(MountOption::AutoUnmount);
+    }
     fc.acl = if cfg.allow_other {
         SessionACL::All
+    } else if cfg.auto_unmount {
+        // fusermount3 only takes auto_unmount with allow_other/allow_root; with allow_root
+        // fuser itself answers EACCES to everyone but the owner and root, as without it.
+        SessionACL::RootAndOwner
     } else {
         SessionACL::Owner
     };
