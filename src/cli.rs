@@ -400,10 +400,11 @@ mod tests {
             "--cache-memory",
             "64MiB",
             "-o",
-            "allow_other,uid=7",
+            "allow_other,uid=7,auto_unmount",
         ]);
         let (cfg, single, fsname) = m.to_config().unwrap();
         assert!(single);
+        assert!(cfg.auto_unmount);
         assert_eq!(cfg.cache.memory, 64 << 20);
         assert!(cfg.allow_other);
         assert_eq!(cfg.uid, 7);
