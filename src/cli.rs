@@ -54,7 +54,7 @@ pub struct MountArgs {
     /// Stay attached to the terminal (systemd, debugging); otherwise return once mounted.
     #[arg(short, long, help_heading = "Mount")]
     pub foreground: bool,
-    /// Mount options, comma separated (as in fstab): allow_other, uid=N, gid=N, ro,
+    /// Mount options, comma separated (as in fstab): allow_other, auto_unmount, uid=N, gid=N, ro,
     /// memory=SIZE, block_size=SIZE, read_ahead=SIZE, ttl=DUR, io_timeout=DUR.
     #[arg(short = 'o', value_name = "OPTIONS", help_heading = "Mount")]
     pub options: Vec<String>,
@@ -330,6 +330,7 @@ impl MountArgs {
             };
             match k.as_str() {
                 "allow_other" => file.mount.allow_other = Some(true),
+                "auto_unmount" => file.mount.auto_unmount = Some(true),
                 "ro" | "nosuid" | "nodev" | "noexec" | "exec" | "suid" | "dev" | "auto" | "noauto" | "user"
                 | "nouser" | "users" | "_netdev" | "nofail" | "defaults" | "noatime" | "relatime" | "atime" => {}
                 k if k.starts_with("x-systemd.") || k.starts_with("comment=") => {}
@@ -399,10 +400,11 @@ mod tests {
             "--cache-memory",
             "64MiB",
             "-o",
-            "allow_other,uid=7",
+            "allow_other,uid=7,auto_unmount",
         ]);
         let (cfg, single, fsname) = m.to_config().unwrap();
         assert!(single);
+        assert!(cfg.auto_unmount);
         assert_eq!(cfg.cache.memory, 64 << 20);
         assert!(cfg.allow_other);
         assert_eq!(cfg.uid, 7);

@@ -129,6 +129,8 @@ pub struct NetworkSection {
 #[serde(deny_unknown_fields)]
 pub struct MountSection {
     pub allow_other: Option<bool>,
+    /// Let fusermount3 unmount the mountpoint when the daemon dies (even by `kill -9`).
+    pub auto_unmount: Option<bool>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     /// Permission bits of files (write bits are always cleared).
@@ -246,6 +248,8 @@ pub struct Config {
     pub negative_ttl: Duration,
     pub http: HttpOptions,
     pub allow_other: bool,
+    /// `auto_unmount`: fusermount3 watches the daemon and unmounts when it dies.
+    pub auto_unmount: bool,
     pub uid: u32,
     pub gid: u32,
     pub file_mode: u32,
@@ -268,6 +272,7 @@ impl Default for Config {
             negative_ttl: Duration::from_secs(10),
             http: HttpOptions::default(),
             allow_other: false,
+            auto_unmount: false,
             uid,
             gid,
             file_mode: 0o444,
@@ -382,6 +387,9 @@ impl ConfigFile {
         let m = &self.mount;
         if let Some(a) = m.allow_other {
             c.allow_other = a;
+        }
+        if let Some(a) = m.auto_unmount {
+            c.auto_unmount = a;
         }
         if let Some(u) = m.uid {
             c.uid = u;

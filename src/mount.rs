@@ -52,11 +52,7 @@ pub struct MountRequest {
 pub fn check_mountpoint(mp: &Path) -> Result<PathBuf, MountError> {
     let meta = std::fs::metadata(mp).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => MountError(format!("mountpoint {} does not exist", mp.display())),
-        std::io::ErrorKind::NotConnected => MountError(format!(
-            "mountpoint {} is a dead FUSE mount (Transport endpoint is not connected); run: fusermount3 -u {}",
-            mp.display(),
-            mp.display()
-        )),
+        std::io::ErrorKind::NotConnected => dead_mount(mp),
         _ => MountError(format!("cannot use mountpoint {}: {e}", mp.display())),
     })?;
     if !meta.is_dir() {
@@ -65,12 +61,36 @@ pub fn check_mountpoint(mp: &Path) -> Result<PathBuf, MountError> {
     let canon = std::fs::canonicalize(mp)
         .map_err(|e| MountError(format!("cannot resolve mountpoint {}: {e}", mp.display())))?;
     if is_mountpoint(&canon) {
+        // The kernel answers `stat` of a dead mount's root from cached attributes until they
+        // expire; listing it reaches the (gone) daemon and tells a dead mount apart.
+        if probe_errno(&canon) == Some(libc::ENOTCONN) {
+            return Err(dead_mount(mp));
+        }
         return Err(MountError(format!(
             "mountpoint {} is busy: something is already mounted there",
             canon.display()
         )));
     }
     Ok(canon)
+}
+
+fn dead_mount(mp: &Path) -> MountError {
+    MountError(format!(
+        "mountpoint {} is a dead FUSE mount (Transport endpoint is not connected); run: fusermount3 -u -z {}",
+        mp.display(),
+        mp.display()
+    ))
+}
+
+/// The errno of listing `dir`, from a thread given 2 s: a live but stuck mount must not hang
+/// the command that only wanted to know whether it is dead.
+fn probe_errno(dir: &Path) -> Option<i32> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read_dir(&dir).err().and_then(|e| e.raw_os_error()));
+    });
+    rx.recv_timeout(Duration::from_secs(2)).ok().flatten()
 }
 
 /// Whether `path` (canonical) is listed in /proc/self/mountinfo.
@@ -235,8 +255,17 @@ pub fn mount_core(
         MountOption::FSName(fsname.to_string()),
         MountOption::Subtype("fetchfs".to_string()),
     ];
+    if cfg.auto_unmount {
+        // fusermount3 mounts and then stays as a watcher: when this process dies (even by
+        // SIGKILL) its socket closes and the watcher unmounts, so no dead mount is left.
+        fc.mount_options.push(MountOption::AutoUnmount);
+    }
     fc.acl = if cfg.allow_other {
         SessionACL::All
+    } else if cfg.auto_unmount {
+        // fusermount3 only takes auto_unmount with allow_other/allow_root; with allow_root
+        // fuser itself answers EACCES to everyone but the owner and root, as without it.
+        SessionACL::RootAndOwner
     } else {
         SessionACL::Owner
     };

@@ -134,9 +134,20 @@ struct BufPool {
 }
 
 impl BufPool {
-    /// An empty buffer with room for `len` bytes.
+    /// An empty buffer with room for `len` bytes. A recycled buffer is only handed out for a
+    /// block that fills at least half of it: the cache counts a block by its length, so a
+    /// 1 MiB buffer holding the 40 KiB block of a small file would pin 1 MiB of RSS while
+    /// counting 40 KiB (measured: 64 readers over small files took a 32 MiB budget to a
+    /// 157 MiB peak RSS). Such blocks get a buffer of their own size.
     fn take(&self, len: usize) -> Vec<u8> {
-        let mut v = self.free.lock().unwrap().pop().unwrap_or_default();
+        let recycled = {
+            let mut free = self.free.lock().unwrap();
+            match free.last() {
+                Some(v) if v.capacity() <= len.saturating_mul(2) => free.pop(),
+                _ => None,
+            }
+        };
+        let mut v = recycled.unwrap_or_default();
         v.clear();
         v.reserve_exact(len);
         v
@@ -668,5 +679,32 @@ impl BlockCache {
         }
         drop(g);
         let _ = tx.send(Some(Ok(data)));
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    #[test]
+    fn a_small_block_never_gets_a_recycled_block_sized_buffer() {
+        let pool = Arc::new(BufPool {
+            free: Mutex::new(Vec::new()),
+            max: POOLED_BUFFERS,
+        });
+        let mut full = pool.take(1 << 20);
+        full.resize(1 << 20, 7);
+        drop(pool.freeze(full));
+        assert_eq!(
+            pool.free.lock().unwrap().len(),
+            1,
+            "the full buffer went back to the pool"
+        );
+        let small = pool.take(40 << 10);
+        assert!(small.capacity() < 80 << 10, "capacity {}", small.capacity());
+        assert_eq!(pool.free.lock().unwrap().len(), 1, "the 1 MiB buffer stays pooled");
+        let again = pool.take(1 << 20);
+        assert!(again.capacity() >= 1 << 20);
+        assert!(pool.free.lock().unwrap().is_empty(), "a full block reuses it");
     }
 }

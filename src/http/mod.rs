@@ -237,7 +237,9 @@ pub fn transport_error(what: &str, e: &reqwest::Error) -> SourceError {
     } else if e.is_redirect() {
         SourceError::Protocol(format!("{what}: too many redirects"))
     } else if e.is_builder() {
-        SourceError::Invalid(format!("{what}: {e}"))
+        // reqwest's Display of a builder error ends with "for url (...)": the whole URL,
+        // query and signature included.
+        SourceError::Invalid(format!("{what}: {}", error_chain(e)))
     } else {
         // Connect, reset, body decode and incomplete-message errors are all transport faults.
         SourceError::Connect(format!("{what}: {}", error_chain(e)))
@@ -314,6 +316,30 @@ pub fn status_error(status: StatusCode, message: String) -> SourceError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_that_cannot_be_built_is_reported_without_its_url() {
+        // A signed URL with a scheme reqwest refuses: the error carries the whole URL.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(
+                reqwest::Client::new()
+                    .get("ftp://127.0.0.1:1/cos/obj?q-signature=SECRETSIG")
+                    .send(),
+            )
+            .unwrap_err();
+        assert!(e.is_builder(), "{e:?}");
+        assert!(
+            e.to_string().contains("SECRETSIG"),
+            "reqwest no longer prints the URL: {e}"
+        );
+        let text = transport_error("GET /cos/obj", &e).to_string();
+        assert!(!text.contains("SECRETSIG"), "{text}");
+        assert!(text.contains("GET /cos/obj") && text.contains("scheme"), "{text}");
+    }
 
     #[test]
     fn retry_after_reads_seconds_and_floors_at_one() {

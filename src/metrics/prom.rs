@@ -201,6 +201,16 @@ pub fn render(core: Option<&FsCore>) -> String {
             core.inode_count() as u64,
         );
     }
+    // Tasks alive on the runtime serving this scrape (the daemon's I/O runtime): a leak of
+    // spawned fetches or prefetches shows as a count that keeps growing after the load stops.
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        o.one(
+            "fetchfs_runtime_alive_tasks",
+            "gauge",
+            "Tasks alive on the daemon's I/O runtime (the scrape's own connection included).",
+            rt.metrics().num_alive_tasks() as u64,
+        );
+    }
     o.one(
         "fetchfs_open_handles",
         "gauge",
@@ -255,6 +265,27 @@ pub fn start(rt: &tokio::runtime::Runtime, addr: SocketAddr, core: Arc<FsCore>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alive_tasks_of_the_serving_runtime_are_reported() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert!(
+            !render(None).contains("fetchfs_runtime_alive_tasks"),
+            "no runtime, no gauge"
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let text = rt.block_on(async {
+            let parked = tokio::spawn(async move {
+                let _ = rx.await;
+            });
+            let text = render(None);
+            drop(tx);
+            parked.await.unwrap();
+            text
+        });
+        assert!(text.contains("# TYPE fetchfs_runtime_alive_tasks gauge"), "{text}");
+        assert!(text.contains("\nfetchfs_runtime_alive_tasks 1\n"), "{text}");
+    }
 
     #[test]
     fn label_values_are_escaped() {

@@ -88,6 +88,16 @@ impl MountGuard {
     }
 
     pub fn try_start(args: &[&str]) -> Result<MountGuard, String> {
+        Self::try_start_env(args, &[])
+    }
+
+    /// [`MountGuard::start`] with extra environment variables for the daemon (e.g.
+    /// `FETCHFS_LOG=trace`), set without touching the test process's environment.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> MountGuard {
+        Self::try_start_env(args, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_start_env(args: &[&str], env: &[(&str, &str)]) -> Result<MountGuard, String> {
         let dir = tempfile::tempdir().unwrap();
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
@@ -99,6 +109,7 @@ impl MountGuard {
             "FETCHFS_LOG",
             std::env::var("FETCHFS_LOG").unwrap_or_else(|_| "info".into()),
         );
+        cmd.envs(env.iter().copied());
         cmd.stdout(Stdio::null()).stderr(logf);
         let child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
         let mut g = MountGuard {
