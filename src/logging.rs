@@ -36,6 +36,13 @@ pub fn init(level: Option<&str>, log_file: Option<&Path>, default: &str, backgro
         .ok()
         .or_else(|| level.map(str::to_string))
         .unwrap_or_else(|| default.to_string());
+    // html5ever (behind the autoindex parser) logs every tokenizer step at debug and trace;
+    // those lines drown the daemon's own. A filter that names it keeps the user's choice.
+    let spec = if spec.contains("html5ever") || spec.contains("selectors") {
+        spec
+    } else {
+        format!("{spec},html5ever=info,selectors=info")
+    };
     let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| {
         eprintln!("fetchfs: ignoring bad log filter '{spec}', using '{default}'");
         EnvFilter::new(default)
