@@ -36,7 +36,9 @@
 //! * **Bounded writing.** Puts run at the disk's write speed (on the development VM the same
 //!   0.1-2 GB/s as `dd`, depending on other writers), often below download and read speeds, so
 //!   at most `MAX_WAITING_PUTS` (32) wait for the writer; further puts are dropped (counted in
-//!   [`DiskStats::dropped_puts`]) rather than pinning memory and blocking threads.
+//!   [`DiskStats::dropped_puts`]) rather than pinning memory and blocking threads. The daemon
+//!   itself puts through one [`DiskWriter`] thread, which makes downloads wait (bounded) for
+//!   the disk rather than drop blocks, and drains its queue at exit (see [`writer`]).
 //!
 //! # Locks
 //!
