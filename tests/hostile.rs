@@ -1,0 +1,648 @@
+//! Hostile input (issue 8 item 3): servers that send odd names, huge or broken listings, lying
+//! `Content-Range` headers, too many or too few bytes, redirect loops and redirects to another
+//! host, and provider JSON with wrong types or missing fields. The contract checked everywhere:
+//! a clear error or a skipped entry with a warning — never a panic, a wrong byte, a hang, or
+//! unbounded memory, and never a credential sent to another host.
+//!
+//! The plain-HTTP cases run against [`RawServer`], a tiny HTTP/1.1 server on a raw TCP socket
+//! whose every byte on the wire is chosen by the test (hyper would fix up lengths). The provider
+//! cases put [`Proxy`] in front of each provider's own emulator and rewrite its JSON answers.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fetchfs::config::SourceConfig;
+use fetchfs::error::SourceError;
+use fetchfs::http::HttpOptions;
+use fetchfs::provider::BuildContext;
+use fetchfs::source::{Entry, EntryKind, OpenRequest, Source, read_all};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+// ---------------------------------------------------------------------------------------------
+// A raw HTTP/1.1 server: one request per connection, the answer's bytes chosen by the test.
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    /// `bytes=a-b` of the request as a half-open range.
+    fn range(&self) -> Option<std::ops::Range<u64>> {
+        let v = self.header("range")?.strip_prefix("bytes=")?;
+        let (a, b) = v.split_once('-')?;
+        Some(a.parse().ok()?..b.parse::<u64>().ok()? + 1)
+    }
+}
+
+/// What to write back: a head (status line + headers, without the blank line) and a body,
+/// possibly repeated `times` times so huge bodies cost the server no memory.
+struct Reply {
+    head: String,
+    body: Vec<u8>,
+    times: usize,
+}
+
+impl Reply {
+    fn new(status: &str, headers: &[(&str, String)], body: impl Into<Vec<u8>>) -> Reply {
+        let mut head = format!("HTTP/1.1 {status}\r\nconnection: close\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        Reply {
+            head,
+            body: body.into(),
+            times: 1,
+        }
+    }
+    /// A 200 HTML page with a correct Content-Length.
+    fn html(body: impl Into<Vec<u8>>) -> Reply {
+        let body = body.into();
+        Reply::new(
+            "200 OK",
+            &[
+                ("content-type", "text/html".into()),
+                ("content-length", body.len().to_string()),
+            ],
+            body,
+        )
+    }
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
+
+struct RawServer {
+    base: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawServer {
+    async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> RawServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let handler: Handler = Arc::new(handler);
+        let s2 = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let (handler, seen) = (handler.clone(), s2.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 64 << 10 {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let mut lines = text.split("\r\n");
+                    let mut first = lines.next().unwrap_or("").split(' ');
+                    let req = Seen {
+                        method: first.next().unwrap_or("").to_string(),
+                        target: first.next().unwrap_or("").to_string(),
+                        headers: lines
+                            .take_while(|l| !l.is_empty())
+                            .filter_map(|l| l.split_once(':'))
+                            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                            .collect(),
+                    };
+                    seen.lock().unwrap().push(req.clone());
+                    let reply = handler(&req);
+                    let mut out = reply.head.into_bytes();
+                    out.extend_from_slice(b"\r\n");
+                    if sock.write_all(&out).await.is_err() || req.method == "HEAD" {
+                        return;
+                    }
+                    for _ in 0..reply.times {
+                        if sock.write_all(&reply.body).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        RawServer { base, seen, task }
+    }
+
+    fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn ctx() -> BuildContext {
+    BuildContext {
+        http: HttpOptions {
+            backoff_base: Duration::from_millis(5),
+            backoff_max: Duration::from_millis(20),
+            max_attempts: 2,
+            op_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+            ..HttpOptions::default()
+        },
+        base_dir: ".".into(),
+        block_size: 64 << 10,
+        disk_cache: false,
+    }
+}
+
+/// Builds the source and lists its root, as a mount does.
+async fn http_mount(url: &str, extra: &str) -> Result<(Arc<dyn Source>, Entry), String> {
+    let src = http_source(url, extra).await?;
+    let root = src.root().await.map_err(|e| e.to_string())?;
+    Ok((src, root))
+}
+
+async fn http_source(url: &str, extra: &str) -> Result<Arc<dyn Source>, String> {
+    let text = format!("[[source]]\nname = \"s\"\ntype = \"http\"\nurl = \"{url}\"\n{extra}\n");
+    let cfg = fetchfs::config::ConfigFile::parse(&text)
+        .unwrap()
+        .validate(std::path::Path::new("."))
+        .unwrap();
+    fetchfs::provider::build(&cfg.sources[0], &ctx())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// An nginx-style listing line with an exact size.
+fn nginx_line(href: &str, text: &str, size: Option<u64>) -> String {
+    let size = size.map_or("-".to_string(), |s| s.to_string());
+    format!("<a href=\"{href}\">{text}</a>                 21-Nov-2026 22:00    {size}\n")
+}
+
+fn nginx_page(lines: &str) -> String {
+    format!("<html><head><title>Index of /</title></head><body><pre><a href=\"../\">../</a>\n{lines}</pre></body></html>")
+}
+
+/// Deterministic content of file `name` (`len` bytes).
+fn content(name: &str, len: usize) -> Vec<u8> {
+    common::pseudo_random(len, name.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)))
+}
+
+/// Serves a file honestly (ranges, HEAD), the way `reply` decides for the non-honest cases.
+fn honest_file(req: &Seen, data: &[u8]) -> Reply {
+    match req.range() {
+        Some(r) if r.start < data.len() as u64 => {
+            let end = r.end.min(data.len() as u64);
+            Reply::new(
+                "206 Partial Content",
+                &[
+                    ("content-length", (end - r.start).to_string()),
+                    ("content-range", format!("bytes {}-{}/{}", r.start, end - 1, data.len())),
+                    ("etag", "\"v1\"".into()),
+                ],
+                data[r.start as usize..end as usize].to_vec(),
+            )
+        }
+        _ => Reply::new(
+            "200 OK",
+            &[("content-length", data.len().to_string()), ("etag", "\"v1\"".into())],
+            data.to_vec(),
+        ),
+    }
+}
+
+fn names(entries: &[Entry]) -> Vec<String> {
+    let mut v: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+    v.sort();
+    v
+}
+
+async fn read_entry(src: &dyn Source, e: &Entry, range: std::ops::Range<u64>) -> fetchfs::error::Result<Vec<u8>> {
+    let o = src
+        .open(
+            e,
+            &OpenRequest {
+                block_size: 64 << 10,
+                revalidate: false,
+            },
+        )
+        .await?;
+    Ok(read_all(&*o.reader, range).await?.to_vec())
+}
+
+/// The hostile names of one listing, as hrefs, and the names the mount must show in their place.
+fn hostile_listing() -> (String, Vec<String>) {
+    let long = "n".repeat(300);
+    let max = "m".repeat(255);
+    let mut lines = String::new();
+    for (href, size) in [
+        ("ok.txt", Some(5)),
+        ("a%2Fb", Some(5)),             // '/' inside a name
+        ("nul%00x", Some(5)),           // NUL
+        (".", None),                    // the directory itself
+        ("..", None),                   // the parent
+        ("%2E%2E/", None),              // '..' percent-encoded: the parent too
+        ("..%2F..%2Fetc%2Fpasswd", Some(5)), // traversal inside one segment
+        (&long, Some(5)),               // 300 bytes
+        (&max, Some(5)),                // exactly NAME_MAX
+        ("bad%FF%FE", Some(5)),         // invalid UTF-8
+        ("ctl%01%1B%5B31m", Some(5)),   // control bytes (allowed, documented in fs/name.rs)
+        ("dup", Some(5)),
+        ("dup", Some(7)),               // the same name twice: the first wins
+        ("same", Some(5)),
+        ("same/", None),                // a file and a directory with one name: the first wins
+        ("sub/", None),
+    ] {
+        lines.push_str(&nginx_line(href, "x", size));
+    }
+    let want = ["ok.txt", &max, "ctl\u{1}\u{1b}[31m", "dup", "same", "sub"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    (nginx_page(&lines), want)
+}
+
+fn hostile_server_handler(req: &Seen, page: &str) -> Reply {
+    let path = req.target.split('?').next().unwrap_or("");
+    if path == "/" || path == "/sub/" {
+        return Reply::html(page.to_string());
+    }
+    let name = percent_encoding::percent_decode_str(path.trim_start_matches('/'))
+        .decode_utf8_lossy()
+        .to_string();
+    let len = if name == "dup" { 7 } else { 5 };
+    honest_file(req, &content(&name, len))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_names_in_an_autoindex_are_skipped_and_the_rest_is_listed_and_readable() {
+    let (page, want) = hostile_listing();
+    let server = RawServer::start(move |r| hostile_server_handler(r, &page)).await;
+    let src = http_source(&format!("{}/", server.base), "").await.unwrap();
+    let root = src.root().await.unwrap();
+    let entries = src.list(&root).await.unwrap();
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    assert_eq!(names(&entries), want_sorted);
+    let same = entries.iter().find(|e| e.name == "same").unwrap();
+    assert_eq!(same.kind, EntryKind::File, "the first of two same-named entries wins");
+    let dup = entries.iter().find(|e| e.name == "dup").unwrap();
+    assert_eq!(dup.size, 5, "the first of two duplicates wins");
+    for e in entries.iter().filter(|e| e.kind == EntryKind::File) {
+        let got = read_entry(&*src, e, 0..e.size).await.unwrap();
+        assert_eq!(got, content(&e.name, 5), "{:?}", e.name);
+    }
+    // No request ever left the listed directory (no `..`, no `/etc/passwd`).
+    for r in server.requests() {
+        assert!(!r.target.contains("..") && !r.target.contains("etc"), "{r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_binary_and_truncated_listings_never_panic() {
+    let mut garbage = common::pseudo_random(256 << 10, 3);
+    // Bury one good link in the binary noise: markup is parsed forgivingly.
+    garbage.extend_from_slice(b"<a href=\"found\">found</a>");
+    garbage.extend(common::pseudo_random(1000, 4));
+    let pages: Vec<Vec<u8>> = vec![
+        garbage,
+        b"<html><body><pre><a href=\"x\">x</a> 21-Nov-2026 22:00 5\n<a href=\"y\"".to_vec(),
+        b"<a href=\"y\">y</a> 99-Foo-99999 25:61 18446744073709551616\n".to_vec(),
+        "<table>".repeat(50_000).into_bytes(),
+        b"<a href=\"%\">%</a><a href=\"%zz\">bad escape</a><a href=\"\xff\xfe\">raw bytes</a>".to_vec(),
+        Vec::new(),
+    ];
+    for (i, page) in pages.into_iter().enumerate() {
+        let server = RawServer::start(move |r| {
+            if r.target == "/" {
+                Reply::html(page.clone())
+            } else {
+                honest_file(r, b"12345")
+            }
+        })
+        .await;
+        let t = Instant::now();
+        let src = http_source(&format!("{}/", server.base), "").await.unwrap();
+        let entries = src.list(&src.root().await.unwrap()).await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(10), "page {i} took {:?}", t.elapsed());
+        for e in &entries {
+            assert!(fetchfs::fs::name::check(&e.name).is_ok(), "page {i}: {:?}", e.name);
+        }
+        if i == 0 {
+            assert_eq!(names(&entries), vec!["found"]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_to_parents_other_hosts_sort_orders_and_loops_are_not_entries() {
+    let page = nginx_page(&[
+        nginx_line("../", "parent", None),
+        nginx_line("/", "root", None),
+        nginx_line("/d/", "self absolute", None),
+        nginx_line("./", "self", None),
+        nginx_line("?C=M;O=A", "sort", None),
+        nginx_line("?C=N;O=D", "sort", None),
+        nginx_line("http://other.invalid/d/x", "other host", Some(1)),
+        nginx_line("//other.invalid/d/y", "scheme-relative", Some(1)),
+        nginx_line("https://127.0.0.1/d/z", "other scheme", Some(1)),
+        nginx_line("javascript:alert(1)", "js", Some(1)),
+        nginx_line("mailto:a@b", "mail", Some(1)),
+        nginx_line("sub/../../d/", "self via sub", None),
+        nginx_line("a/b/c", "grandchild", Some(1)),
+        nginx_line("loop/", "loop", None),
+    ]
+    .concat());
+    let server = RawServer::start(move |r| {
+        // Every directory lists the same links: /d/loop/ links to loop/ again, endlessly deep.
+        if r.target.ends_with('/') {
+            Reply::html(page.clone())
+        } else {
+            Reply::new("404 Not Found", &[("content-length", "0".into())], "")
+        }
+    })
+    .await;
+    let src = http_source(&format!("{}/d/", server.base), "").await.unwrap();
+    let root = src.root().await.unwrap();
+    let mut dir = root;
+    let mut remotes = BTreeSet::new();
+    for depth in 0..5 {
+        let entries = src.list(&dir).await.unwrap();
+        assert_eq!(names(&entries), vec!["loop"], "depth {depth}");
+        dir = entries.into_iter().next().unwrap();
+        assert!(remotes.insert(dir.remote.clone()), "a loop came back to {}", dir.remote);
+    }
+    assert!(
+        server.requests().iter().all(|r| r.target.starts_with("/d/")),
+        "a link outside /d/ was followed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_larger_than_the_cap_fails_with_a_clear_error_and_bounded_memory() {
+    // An endless listing (2 GiB announced, close-delimited): the source stops reading at its cap.
+    let line = nginx_line("f", "f", Some(1)).into_bytes();
+    let server = RawServer::start(move |r| {
+        if r.target == "/" {
+            let mut reply = Reply::new("200 OK", &[("content-type", "text/html".into())], line.clone());
+            reply.times = (2usize << 30) / line.len();
+            reply
+        } else {
+            honest_file(r, b"1")
+        }
+    })
+    .await;
+    let rss0 = rss_kib(std::process::id());
+    let t = Instant::now();
+    let err = http_mount(&format!("{}/", server.base), "").await.err().expect("listing accepted");
+    assert!(err.contains("larger than"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    let grew = rss_kib(std::process::id()).saturating_sub(rss0);
+    eprintln!("listing over the cap: refused in {:?}, RSS grew {grew} KiB", t.elapsed());
+    assert!(grew < 400 << 10, "RSS grew {grew} KiB reading a capped listing");
+}
+
+/// Resident set of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Peak resident set of a process, in KiB.
+fn hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lying range answers.
+
+const FILE_LEN: usize = 200_000;
+
+/// How the server misbehaves on ranged reads of `/f` (reads of the first block are honest, so
+/// the file opens).
+#[derive(Clone, Copy, Debug)]
+enum Lie {
+    /// 206 whose Content-Range total differs from the real size.
+    TotalSize,
+    /// 206 for a range starting elsewhere than asked.
+    OtherStart,
+    /// 206 with the right Content-Range but more body bytes than the range.
+    ExtraBytes206,
+    /// 200 with the whole file and then garbage, without a Content-Length.
+    LongerUnsized200,
+    /// 200 with a Content-Length larger than the file.
+    LongerSized200,
+    /// Content-Length says the range, the connection closes halfway.
+    ShortBody,
+    /// A Content-Range that does not parse.
+    GarbageContentRange,
+    /// 206 whose Content-Range is shorter than asked but does not end at EOF.
+    ShortSpan,
+}
+
+fn lying_file(req: &Seen, lie: Lie, data: &[u8]) -> Reply {
+    let n = data.len();
+    let Some(r) = req.range().filter(|r| r.start > 0) else {
+        return honest_file(req, data);
+    };
+    let (a, b) = (r.start as usize, (r.end as usize).min(n));
+    let part = data[a..b].to_vec();
+    let cr = |s: String| ("content-range", s);
+    match lie {
+        Lie::TotalSize => Reply::new(
+            "206 Partial Content",
+            &[
+                ("content-length", part.len().to_string()),
+                cr(format!("bytes {a}-{}/{}", b - 1, n + 1000)),
+            ],
+            part,
+        ),
+        Lie::OtherStart => {
+            let a2 = a - 1;
+            Reply::new(
+                "206 Partial Content",
+                &[
+                    ("content-length", (b - a2).to_string()),
+                    cr(format!("bytes {a2}-{}/{n}", b - 1)),
+                ],
+                data[a2..b].to_vec(),
+            )
+        }
+        Lie::ExtraBytes206 => {
+            let mut body = part.clone();
+            body.extend_from_slice(&[0xEE; 5000]);
+            Reply::new(
+                "206 Partial Content",
+                &[
+                    ("content-length", body.len().to_string()),
+                    cr(format!("bytes {a}-{}/{n}", b - 1)),
+                ],
+                body,
+            )
+        }
+        Lie::LongerUnsized200 => {
+            let mut body = data.to_vec();
+            body.extend_from_slice(&[0xEE; 5000]);
+            Reply::new("200 OK", &[("etag", "\"v1\"".into())], body)
+        }
+        Lie::LongerSized200 => {
+            let mut body = data.to_vec();
+            body.extend_from_slice(&[0xEE; 5000]);
+            Reply::new(
+                "200 OK",
+                &[("etag", "\"v1\"".into()), ("content-length", body.len().to_string())],
+                body,
+            )
+        }
+        Lie::ShortBody => Reply::new(
+            "206 Partial Content",
+            &[
+                ("content-length", part.len().to_string()),
+                cr(format!("bytes {a}-{}/{n}", b - 1)),
+            ],
+            part[..part.len() / 2].to_vec(),
+        ),
+        Lie::GarbageContentRange => Reply::new(
+            "206 Partial Content",
+            &[("content-length", part.len().to_string()), cr("bytes lots/many".into())],
+            part,
+        ),
+        Lie::ShortSpan => {
+            let b2 = a + (b - a) / 2;
+            Reply::new(
+                "206 Partial Content",
+                &[
+                    ("content-length", (b2 - a).to_string()),
+                    cr(format!("bytes {a}-{}/{n}", b2 - 1)),
+                ],
+                data[a..b2].to_vec(),
+            )
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lying_range_answers_give_the_exact_bytes_or_an_error_never_a_wrong_byte() {
+    let data = content("f", FILE_LEN);
+    let page = nginx_page(&nginx_line("f", "f", Some(FILE_LEN as u64)));
+    let cases = [
+        (Lie::TotalSize, Err(libc::ESTALE)),
+        (Lie::OtherStart, Err(libc::EIO)),
+        (Lie::ExtraBytes206, Ok(())),
+        (Lie::LongerUnsized200, Ok(())),
+        (Lie::LongerSized200, Err(libc::ESTALE)),
+        (Lie::ShortBody, Err(libc::EIO)),
+        (Lie::GarbageContentRange, Err(libc::EIO)),
+        (Lie::ShortSpan, Err(libc::EIO)),
+    ];
+    for (lie, want) in cases {
+        let (data2, page2) = (data.clone(), page.clone());
+        let server = RawServer::start(move |r| {
+            if r.target == "/" {
+                Reply::html(page2.clone())
+            } else {
+                lying_file(r, lie, &data2)
+            }
+        })
+        .await;
+        let src = http_source(&format!("{}/", server.base), "").await.unwrap();
+        let entries = src.list(&src.root().await.unwrap()).await.unwrap();
+        let f = entries.iter().find(|e| e.name == "f").unwrap();
+        for range in [1000..1100u64, 70_000..140_000, 150_000..FILE_LEN as u64] {
+            let t = Instant::now();
+            let got = read_entry(&*src, f, range.clone()).await;
+            assert!(t.elapsed() < Duration::from_secs(10), "{lie:?} hung {:?}", t.elapsed());
+            match (&got, want) {
+                (Ok(bytes), Ok(())) => assert!(
+                    bytes[..] == data[range.start as usize..range.end as usize],
+                    "{lie:?} {range:?}: wrong bytes"
+                ),
+                (Err(e), Err(errno)) => assert_eq!(e.errno(), errno, "{lie:?} {range:?}: {e}"),
+                _ => panic!(
+                    "{lie:?} {range:?}: expected {want:?}, got {:?}",
+                    got.as_ref().map(|b| b.len())
+                ),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redirects.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_loops_fail_with_a_bounded_error_with_and_without_credentials() {
+    let server = RawServer::start(|r| {
+        // /a -> /b -> /a ...
+        let next = if r.target.starts_with("/a") { "/b/" } else { "/a/" };
+        Reply::new("302 Found", &[("location", next.into()), ("content-length", "0".into())], "")
+    })
+    .await;
+    for extra in ["", "headers = { \"X-Api-Key\" = \"k1\" }"] {
+        let t = Instant::now();
+        let err = http_mount(&format!("{}/a/", server.base), extra)
+            .await
+            .err()
+            .expect("a redirect loop mounted");
+        assert!(err.contains("too many redirects"), "{extra}: {err}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+    assert!(server.requests().len() <= 2 * 12, "{} requests", server.requests().len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_is_never_sent_to_another_host_by_a_redirect() {
+    let trap = RawServer::start(|r| honest_file(r, b"trap!")).await;
+    let trap_base = trap.base.replace("127.0.0.1", "localhost");
+    let page = nginx_page(&nginx_line("f", "f", Some(5)));
+    let server = RawServer::start(move |r| {
+        if r.target == "/" {
+            Reply::html(page.clone())
+        } else {
+            Reply::new(
+                "307 Temporary Redirect",
+                &[("location", format!("{trap_base}/f")), ("content-length", "0".into())],
+                "",
+            )
+        }
+    })
+    .await;
+    let src = http_source(
+        &format!("{}/", server.base),
+        "username = \"alice\"\npassword = \"s3cret-pw\"",
+    )
+    .await
+    .unwrap();
+    let entries = src.list(&src.root().await.unwrap()).await.unwrap();
+    let err = read_entry(&*src, &entries[0], 0..5).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EACCES, "{err}");
+    assert!(trap.requests().is_empty(), "the other host saw {:?}", trap.requests());
+    assert!(server.requests().iter().all(|r| r.header("authorization").is_some()));
+}
+
+#[allow(dead_code)]
+fn _use(_: SourceConfig, _: SourceError) {}
