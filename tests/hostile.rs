@@ -14,8 +14,6 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fetchfs::config::SourceConfig;
-use fetchfs::error::SourceError;
 use fetchfs::http::HttpOptions;
 use fetchfs::provider::BuildContext;
 use fetchfs::source::{Entry, EntryKind, OpenRequest, Source, read_all};
@@ -644,5 +642,100 @@ async fn basic_auth_is_never_sent_to_another_host_by_a_redirect() {
     assert!(server.requests().iter().all(|r| r.header("authorization").is_some()));
 }
 
-#[allow(dead_code)]
-fn _use(_: SourceConfig, _: SourceError) {}
+
+
+// ---------------------------------------------------------------------------------------------
+// Real mounts: what users see with ls, find and cat.
+
+/// A raw server on its own runtime, for the mount tests (the daemon is a child process).
+fn mount_server(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> (tokio::runtime::Runtime, RawServer) {
+    let rt = common::runtime();
+    let server = rt.block_on(RawServer::start(handler));
+    (rt, server)
+}
+
+#[test]
+fn a_mount_lists_hostile_names_safely_and_logs_each_skipped_one() {
+    if !common::can_mount() {
+        return;
+    }
+    let (page, want) = hostile_listing();
+    let (_rt, server) = mount_server(move |r| hostile_server_handler(r, &page));
+    let m = common::MountGuard::start(&[&format!("{}/", server.base)]);
+    let lim = Duration::from_secs(20);
+    let mnt = m.mnt().display().to_string();
+    // find -print0 keeps control bytes intact; the top level holds exactly the good names.
+    let (ok, out, err) = common::sh(&format!("cd {mnt} && find . -maxdepth 1 -mindepth 1 -print0"), lim);
+    assert!(ok, "{err}\n{}", m.log_text());
+    let mut got: Vec<String> = out
+        .split('\0')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim_start_matches("./").to_string())
+        .collect();
+    got.sort();
+    let mut want = want;
+    want.sort();
+    assert_eq!(got, want);
+    for name in want.iter().filter(|n| *n != "sub") {
+        let len = if name == "dup" { 5 } else { 5 };
+        let bytes = std::fs::read(m.path(name)).unwrap_or_else(|e| panic!("{name:?}: {e}"));
+        assert_eq!(bytes, content(name, len), "{name:?}");
+    }
+    // The 300-byte name cannot even be asked for (ENAMETOOLONG from the kernel), `..` resolves
+    // to the parent inside the mount, and an invalid name is simply absent.
+    assert!(std::fs::metadata(m.path("nul")).is_err());
+    let log = m.log_text();
+    let skipped = log.matches("skipping a name").count();
+    assert!(skipped >= 4, "expected a warning per skipped name, log:\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn a_directory_of_100000_entries_lists_in_bounded_time_and_memory() {
+    if !common::can_mount() {
+        return;
+    }
+    const N: usize = 100_000;
+    let mut lines = String::with_capacity(N * 80);
+    for i in 0..N {
+        lines.push_str(&nginx_line(&format!("f{i:06}"), &format!("f{i:06}"), Some(5)));
+    }
+    let page = Arc::new(nginx_page(&lines));
+    let page_mb = page.len() as f64 / 1e6;
+    let (_rt, server) = mount_server(move |r| {
+        if r.target == "/" {
+            Reply::html(page.as_bytes().to_vec())
+        } else {
+            honest_file(r, &content(r.target.trim_start_matches('/'), 5))
+        }
+    });
+    let m = common::MountGuard::start(&[&format!("{}/", server.base)]);
+    let mnt = m.mnt().display().to_string();
+    let lim = Duration::from_secs(60);
+    let t = Instant::now();
+    let (ok, out, err) = common::sh(&format!("ls {mnt} | wc -l"), lim);
+    let first = t.elapsed();
+    assert!(ok, "{err}\n{}", m.log_text());
+    assert_eq!(out.trim(), N.to_string());
+    let t = Instant::now();
+    let (ok, out, _) = common::sh(&format!("ls {mnt} | wc -l"), lim);
+    let second = t.elapsed();
+    assert!(ok && out.trim() == N.to_string());
+    let t = Instant::now();
+    let (ok, out, _) = common::sh(&format!("find {mnt} -type f -size 5c | wc -l"), lim);
+    let find = t.elapsed();
+    assert!(ok && out.trim() == N.to_string(), "{out}");
+    assert_eq!(std::fs::read(m.path("f099999")).unwrap(), content("f099999", 5));
+    let hwm = hwm_kib(m.pid());
+    eprintln!(
+        "100000 entries ({page_mb:.1} MB page): ls|wc -l {first:?} (again {second:?}), find -type f -size 5c {find:?}, daemon peak RSS {} MiB",
+        hwm >> 10
+    );
+    assert!(first < Duration::from_secs(30), "{first:?}");
+    assert!(hwm < 1 << 20, "daemon peak RSS {hwm} KiB");
+    assert_eq!(
+        server.requests().iter().filter(|r| r.target == "/").count(),
+        1,
+        "the listing was fetched more than once (the mount's probe is reused)"
+    );
+}
