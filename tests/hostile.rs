@@ -28,6 +28,8 @@ struct Seen {
     method: String,
     target: String,
     headers: Vec<(String, String)>,
+    /// The request body (lossy), for requests with a Content-Length.
+    body: String,
 }
 
 impl Seen {
@@ -113,7 +115,8 @@ impl RawServer {
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
-                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf.len(), |p| p + 4);
+                    let text = String::from_utf8_lossy(&buf[..end]).to_string();
                     let mut lines = text.split("\r\n");
                     let mut first = lines.next().unwrap_or("").split(' ');
                     let req = Seen {
@@ -124,7 +127,19 @@ impl RawServer {
                             .filter_map(|l| l.split_once(':'))
                             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
                             .collect(),
+                        body: String::new(),
                     };
+                    let mut req = req;
+                    if let Some(len) = req.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+                        let mut body = buf[end..].to_vec();
+                        while body.len() < len.min(1 << 20) {
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => body.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        req.body = String::from_utf8_lossy(&body).to_string();
+                    }
                     seen.lock().unwrap().push(req.clone());
                     let reply = handler(&req);
                     let mut out = reply.head.into_bytes();
@@ -738,4 +753,329 @@ fn a_directory_of_100000_entries_lists_in_bounded_time_and_memory() {
         1,
         "the listing was fetched more than once (the mount's probe is reused)"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Providers: a proxy in front of each emulator rewrites its JSON or redirects its requests.
+
+/// How the proxy spoils answers.
+#[derive(Clone, Debug)]
+enum Spoil {
+    /// Forward faithfully.
+    None,
+    /// Remove `key` from every JSON object of every answer.
+    Remove(String),
+    /// Give `key` a value of another JSON type everywhere.
+    Retype(String),
+    /// Answer requests whose path does not contain `except` with a redirect (`status`) to the
+    /// same path on `to`.
+    Redirect { to: String, status: u16, except: Option<String> },
+}
+
+#[derive(Default)]
+struct ProxyLog {
+    /// Every JSON key seen in answers.
+    keys: BTreeSet<String>,
+    /// Credential values seen in requests (headers and query parameters).
+    secrets: BTreeSet<String>,
+}
+
+struct Proxy {
+    base: String,
+    spoil: Arc<Mutex<Spoil>>,
+    log: Arc<Mutex<ProxyLog>>,
+    _server: fetchfs::emulate::Server,
+}
+
+fn walk_json(v: &mut serde_json::Value, f: &mut dyn FnMut(&mut serde_json::Map<String, serde_json::Value>)) {
+    match v {
+        serde_json::Value::Object(m) => {
+            f(m);
+            for (_, c) in m.iter_mut() {
+                walk_json(c, f);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|c| walk_json(c, f)),
+        _ => {}
+    }
+}
+
+fn other_type(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::{Value, json};
+    match v {
+        Value::String(_) => json!(12345),
+        Value::Number(_) => json!("not a number"),
+        Value::Bool(_) => json!("yes"),
+        Value::Array(_) => json!({"not": "a list"}),
+        Value::Object(_) => json!(["not", "an", "object"]),
+        Value::Null => json!(7),
+    }
+}
+
+const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-auth-token", "x-bz-server-side-encryption-customer-key"];
+const CREDENTIAL_PARAMS: [&str; 2] = ["access_token", "token"];
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        use axum::body::Body;
+        use axum::extract::Request;
+        use axum::response::Response;
+        let spoil = Arc::new(Mutex::new(Spoil::None));
+        let log = Arc::new(Mutex::new(ProxyLog::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let (sp, lg, up, me) = (spoil.clone(), log.clone(), upstream.clone(), base.clone());
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .unwrap();
+        let handler = move |req: Request| {
+            let (sp, lg, up, me, client) = (sp.clone(), lg.clone(), up.clone(), me.clone(), client.clone());
+            async move {
+                let spoil = sp.lock().unwrap().clone();
+                let (parts, body) = req.into_parts();
+                let target = parts.uri.path_and_query().map_or("/".to_string(), |p| p.to_string());
+                {
+                    let mut l = lg.lock().unwrap();
+                    for h in CREDENTIAL_HEADERS {
+                        if let Some(v) = parts.headers.get(h).and_then(|v| v.to_str().ok()) {
+                            l.secrets.insert(v.trim_start_matches("Basic ").trim_start_matches("Bearer ").to_string());
+                        }
+                    }
+                    if let Ok(u) = url::Url::parse(&format!("{me}{target}")) {
+                        for (k, v) in u.query_pairs() {
+                            if CREDENTIAL_PARAMS.contains(&k.as_ref()) {
+                                l.secrets.insert(v.to_string());
+                            }
+                        }
+                    }
+                }
+                if let Spoil::Redirect { to, status, except } = &spoil
+                    && except.as_ref().is_none_or(|e| !parts.uri.path().contains(e.as_str()))
+                {
+                    return Response::builder()
+                        .status(*status)
+                        .header("location", format!("{to}{target}"))
+                        .body(Body::empty())
+                        .unwrap();
+                }
+                let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+                let mut rb = client.request(parts.method.clone(), format!("{up}{target}"));
+                for (k, v) in parts.headers.iter() {
+                    if k != "host" && k != "content-length" {
+                        rb = rb.header(k, v);
+                    }
+                }
+                let resp = match rb.body(body).send().await {
+                    Ok(r) => r,
+                    Err(_) => return Response::builder().status(502).body(Body::empty()).unwrap(),
+                };
+                let status = resp.status();
+                let headers = resp.headers().clone();
+                let bytes = resp.bytes().await.unwrap_or_default();
+                let mut out = Response::builder().status(status.as_u16());
+                for (k, v) in headers.iter() {
+                    if ["content-length", "transfer-encoding", "connection"].contains(&k.as_str()) {
+                        continue;
+                    }
+                    if k == "location" {
+                        out = out.header(k, v.to_str().unwrap_or("").replace(&up, &me));
+                    } else {
+                        out = out.header(k, v);
+                    }
+                }
+                let is_json = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|c| c.contains("json"));
+                let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    Ok(mut v) if is_json => {
+                        walk_json(&mut v, &mut |m| {
+                            lg.lock().unwrap().keys.extend(m.keys().cloned());
+                            match &spoil {
+                                Spoil::Remove(k) => {
+                                    m.remove(k);
+                                }
+                                Spoil::Retype(k) => {
+                                    if let Some(x) = m.get_mut(k) {
+                                        *x = other_type(x);
+                                    }
+                                }
+                                _ => {}
+                            }
+                        });
+                        serde_json::to_vec(&v).unwrap().into()
+                    }
+                    _ => bytes,
+                };
+                let body = match std::str::from_utf8(&body) {
+                    Ok(s) if s.contains(&up) => s.replace(&up, &me).into_bytes().into(),
+                    _ => body,
+                };
+                out.body(Body::from(body)).unwrap()
+            }
+        };
+        let router = axum::Router::new().fallback(handler);
+        let port: u16 = base.rsplit(':').next().unwrap().parse().unwrap();
+        let server = fetchfs::emulate::serve(router, port, fetchfs::emulate::Harness::default())
+            .await
+            .unwrap();
+        Proxy {
+            base,
+            spoil,
+            log,
+            _server: server,
+        }
+    }
+}
+
+/// A provider's demo emulator behind a proxy, and its config pointed at the proxy.
+async fn provider_behind_proxy(kind: &str, dir: &std::path::Path) -> (fetchfs::emulate::Server, Proxy, fetchfs::config::SourceConfig) {
+    use fetchfs::config::SourceConfig as C;
+    use fetchfs::emulate as e;
+    let (server, mut cfg) = match kind {
+        "b2" => e::b2::demo(dir).await,
+        "onedata" => e::onedata::demo(dir).await,
+        "smh" => e::smh::demo(dir).await,
+        "doris" => e::doris::demo(dir).await,
+        "huawei" => e::huawei::demo(dir).await,
+        _ => unreachable!(),
+    }
+    .unwrap();
+    let proxy = Proxy::start(server.base_url()).await;
+    let p = proxy.base.clone();
+    match &mut cfg {
+        C::B2(c) => c.endpoint = Some(p),
+        C::Onedata(c) => c.endpoint = p,
+        C::Smh(c) => c.endpoint = Some(p),
+        C::Doris(c) => c.endpoint = p,
+        C::Huawei(c) => {
+            c.endpoint = p.clone();
+            c.iam_endpoint = Some(p);
+        }
+        C::Http(_) => unreachable!(),
+    }
+    (server, proxy, cfg)
+}
+
+/// What a walk of a source saw: path → (size, bytes read) and the errors met.
+#[derive(Default, Debug)]
+struct Walk {
+    files: std::collections::BTreeMap<String, (u64, Vec<u8>)>,
+    errors: Vec<(String, i32, String)>,
+}
+
+/// Mounts `cfg` in-process and reads everything (the first 64 KiB of each file), three levels deep.
+async fn walk(cfg: &fetchfs::config::SourceConfig) -> Walk {
+    let mut w = Walk::default();
+    let src = match fetchfs::provider::build(cfg, &ctx()).await {
+        Ok(s) => s,
+        Err(e) => {
+            w.errors.push(("build".into(), 0, e.to_string()));
+            return w;
+        }
+    };
+    let root = match src.root().await {
+        Ok(r) => r,
+        Err(e) => {
+            w.errors.push(("root".into(), e.errno(), e.to_string()));
+            return w;
+        }
+    };
+    let mut queue = vec![(String::new(), root, 0)];
+    while let Some((path, dir, depth)) = queue.pop() {
+        let entries = match src.list(&dir).await {
+            Ok(v) => v,
+            Err(e) => {
+                w.errors.push((format!("list {path}"), e.errno(), e.to_string()));
+                continue;
+            }
+        };
+        for e in entries.into_iter().take(50) {
+            let p = format!("{path}/{}", e.name);
+            match e.kind {
+                EntryKind::Dir if depth < 3 => queue.push((p, e, depth + 1)),
+                EntryKind::File => match read_entry(&*src, &e, 0..e.size.min(64 << 10)).await {
+                    Ok(b) => {
+                        w.files.insert(p, (e.size, b));
+                    }
+                    Err(err) => w.errors.push((format!("read {p}"), err.errno(), err.to_string())),
+                },
+                _ => {}
+            }
+        }
+    }
+    w
+}
+
+/// Every key of every JSON answer of `kind`, removed and then given a wrong type, one at a
+/// time: the walk must end (no panic, no hang) with errors that have an errno and, for a
+/// Protocol error, name the field; a file still listed must keep its size and bytes.
+async fn json_sweep(kind: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, proxy, cfg) = provider_behind_proxy(kind, dir.path()).await;
+    let baseline = walk(&cfg).await;
+    assert!(baseline.errors.is_empty(), "{kind} baseline: {:?}", baseline.errors);
+    assert!(!baseline.files.is_empty(), "{kind}: the demo has files");
+    let keys = proxy.log.lock().unwrap().keys.clone();
+    let mut unnamed = Vec::new();
+    let mut runs = 0;
+    for key in &keys {
+        for spoil in [Spoil::Remove(key.clone()), Spoil::Retype(key.clone())] {
+            *proxy.spoil.lock().unwrap() = spoil.clone();
+            let cfg = cfg.clone();
+            let t = Instant::now();
+            let w = tokio::time::timeout(Duration::from_secs(30), tokio::spawn(async move { walk(&cfg).await }))
+                .await
+                .unwrap_or_else(|_| panic!("{kind} {spoil:?}: the walk hung"))
+                .unwrap_or_else(|e| panic!("{kind} {spoil:?}: panicked: {e}"));
+            runs += 1;
+            assert!(t.elapsed() < Duration::from_secs(15), "{kind} {spoil:?}: {:?}", t.elapsed());
+            for (path, (size, bytes)) in &w.files {
+                if let Some((bsize, bbytes)) = baseline.files.get(path) {
+                    let n = bytes.len().min(bbytes.len());
+                    assert!(bytes[..n] == bbytes[..n], "{kind} {spoil:?}: {path}: wrong bytes");
+                    if size != bsize {
+                        unnamed.push(format!("{spoil:?}: {path} listed with size {size}, really {bsize}"));
+                    }
+                }
+            }
+            for (what, errno, msg) in &w.errors {
+                assert!(*errno != 0 || what == "build", "{kind} {spoil:?}: {what}: {msg}");
+                if msg.contains("JSON") && !msg.contains(key.as_str()) {
+                    unnamed.push(format!("{spoil:?}: {what}: {msg}"));
+                }
+            }
+        }
+    }
+    *proxy.spoil.lock().unwrap() = Spoil::None;
+    eprintln!("{kind}: {} JSON keys, {runs} spoiled walks", keys.len());
+    assert!(unnamed.is_empty(), "{kind}:\n{}", unnamed.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b2_json_with_missing_fields_or_wrong_types_is_an_error_not_a_panic() {
+    json_sweep("b2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onedata_json_with_missing_fields_or_wrong_types_is_an_error_not_a_panic() {
+    json_sweep("onedata").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smh_json_with_missing_fields_or_wrong_types_is_an_error_not_a_panic() {
+    json_sweep("smh").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doris_json_with_missing_fields_or_wrong_types_is_an_error_not_a_panic() {
+    json_sweep("doris").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huawei_json_with_missing_fields_or_wrong_types_is_an_error_not_a_panic() {
+    json_sweep("huawei").await;
 }

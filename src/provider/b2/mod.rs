@@ -620,6 +620,9 @@ fn entries_from_listing(bucket_id: &str, prefix: &str, files: &[api::FileVersion
                     dirs.push(Entry::dir(name, handle(DIR, bucket_id, &f.file_name)));
                 }
             }
+            "upload" if !rest.is_empty() && f.known_size().is_none() => {
+                tracing::warn!(file = %f.file_name, "skipping a file listed without contentLength");
+            }
             "upload" if !rest.is_empty() => plain.push((rest, f)),
             // `hide`, `start` (unfinished large files) and anything new are not files to read.
             _ => {}
@@ -716,6 +719,13 @@ impl Source for B2Source {
                 Ok(files
                     .iter()
                     .filter(|f| f.action == "upload")
+                    .filter(|f| {
+                        let known = f.known_size().is_some();
+                        if !known {
+                            tracing::warn!(file = %f.file_name, "skipping a version listed without contentLength");
+                        }
+                        known
+                    })
                     .filter_map(|f| {
                         let id = f.file_id.as_ref()?;
                         Some(file_entry(&version_name(f), format!("{VERSION_FILE}\t{id}"), f))
