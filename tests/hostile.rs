@@ -767,9 +767,14 @@ enum Spoil {
     Remove(String),
     /// Give `key` a value of another JSON type everywhere.
     Retype(String),
-    /// Answer requests whose path does not contain `except` with a redirect (`status`) to the
-    /// same path on `to`.
-    Redirect { to: String, status: u16, except: Option<String> },
+    /// Answer requests whose path contains `only` (if set) and not `except` (if set) with a
+    /// redirect (`status`) to the same path on `to`.
+    Redirect {
+        to: String,
+        status: u16,
+        only: Option<String>,
+        except: Option<String>,
+    },
 }
 
 #[derive(Default)]
@@ -852,12 +857,14 @@ impl Proxy {
                         }
                     }
                 }
-                if let Spoil::Redirect { to, status, except } = &spoil
+                if let Spoil::Redirect { to, status, only, except } = &spoil
+                    && only.as_ref().is_none_or(|o| parts.uri.path().contains(o.as_str()))
                     && except.as_ref().is_none_or(|e| !parts.uri.path().contains(e.as_str()))
                 {
                     return Response::builder()
                         .status(*status)
-                        .header("location", format!("{to}{target}"))
+                        // The path only: a query may hold a secret the server already has.
+                        .header("location", format!("{to}{}", parts.uri.path()))
                         .body(Body::empty())
                         .unwrap();
                 }
@@ -935,6 +942,15 @@ impl Proxy {
 async fn provider_behind_proxy(kind: &str, dir: &std::path::Path) -> (fetchfs::emulate::Server, Proxy, fetchfs::config::SourceConfig) {
     use fetchfs::config::SourceConfig as C;
     use fetchfs::emulate as e;
+    // One SSE-C file in the B2 bucket (written before the emulator reads its tree), so the
+    // customer key travels in headers too.
+    let sse_key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    if kind == "b2" {
+        std::fs::create_dir_all(dir.join("b2/demo-bucket")).unwrap();
+        std::fs::write(dir.join("b2/demo-bucket/enc.txt"), "sse-c secret").unwrap();
+        std::fs::write(dir.join("b2/demo-bucket/enc.txt.b2ssec"), sse_key).unwrap();
+        std::fs::write(dir.join("sse-c.key"), sse_key).unwrap();
+    }
     let (server, mut cfg) = match kind {
         "b2" => e::b2::demo(dir).await,
         "onedata" => e::onedata::demo(dir).await,
@@ -947,7 +963,10 @@ async fn provider_behind_proxy(kind: &str, dir: &std::path::Path) -> (fetchfs::e
     let proxy = Proxy::start(server.base_url()).await;
     let p = proxy.base.clone();
     match &mut cfg {
-        C::B2(c) => c.endpoint = Some(p),
+        C::B2(c) => {
+            c.endpoint = Some(p);
+            c.sse_c_key_file = Some(dir.join("sse-c.key"));
+        }
         C::Onedata(c) => c.endpoint = p,
         C::Smh(c) => c.endpoint = Some(p),
         C::Doris(c) => c.endpoint = p,
@@ -1078,4 +1097,95 @@ async fn doris_json_with_missing_fields_or_wrong_types_is_an_error_not_a_panic()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huawei_json_with_missing_fields_or_wrong_types_is_an_error_not_a_panic() {
     json_sweep("huawei").await;
+}
+
+/// The secrets a provider config holds.
+fn config_secrets(cfg: &fetchfs::config::SourceConfig) -> Vec<String> {
+    use fetchfs::config::SourceConfig as C;
+    let v = match cfg {
+        C::B2(c) => vec![c.application_key.clone()],
+        C::Onedata(c) => vec![c.token.clone()],
+        C::Smh(c) => vec![c.library_secret.clone(), c.access_token.clone()],
+        C::Doris(c) => vec![c.token.clone(), c.password.clone()],
+        C::Huawei(c) => vec![c.password.clone(), c.token.clone()],
+        C::Http(c) => vec![c.password.clone()],
+    };
+    v.into_iter().flatten().filter(|s| s.len() >= 4).collect()
+}
+
+/// Every request of `kind` redirected (307 and 302, auth call included or not) to another
+/// host: that host never sees a key, password or token, and the walk ends with errors.
+/// `cases` are (only, except) path filters of the redirected requests: everything, everything
+/// but the login (so a token exists), only the downloads.
+async fn redirect_sweep(kind: &str, cases: &[(Option<&str>, Option<&str>)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, proxy, cfg) = provider_behind_proxy(kind, dir.path()).await;
+    let trap = RawServer::start(|_| Reply::new("200 OK", &[("content-length", "2".into())], "{}")).await;
+    let to = trap.base.replace("127.0.0.1", "localhost");
+    let baseline = walk(&cfg).await;
+    assert!(baseline.errors.is_empty(), "{kind}: {:?}", baseline.errors);
+    for (only, except) in cases {
+        for status in [307, 302] {
+            *proxy.spoil.lock().unwrap() = Spoil::Redirect {
+                to: to.clone(),
+                status,
+                only: only.map(str::to_string),
+                except: except.map(str::to_string),
+            };
+            let cfg = cfg.clone();
+            let w = tokio::time::timeout(Duration::from_secs(30), tokio::spawn(async move { walk(&cfg).await }))
+                .await
+                .unwrap_or_else(|_| panic!("{kind} {status}: the walk hung"))
+                .unwrap_or_else(|e| panic!("{kind} {status}: panicked: {e}"));
+            if only.is_none() {
+                assert!(w.files.is_empty(), "{kind} {status}: read through a redirect: {:?}", w.files.keys());
+            }
+        }
+    }
+    *proxy.spoil.lock().unwrap() = Spoil::None;
+    let mut secrets = config_secrets(&cfg);
+    secrets.extend(proxy.log.lock().unwrap().secrets.iter().filter(|s| s.len() >= 4).cloned());
+    assert!(!secrets.is_empty());
+    let seen = trap.requests();
+    for r in &seen {
+        let all = format!("{} {} {:?} {}", r.method, r.target, r.headers, r.body);
+        for s in &secrets {
+            assert!(!all.contains(s.as_str()), "{kind}: a credential reached another host: {r:?}");
+        }
+    }
+    if std::env::var("HOSTILE_DEBUG").is_ok() { for r in &seen { eprintln!("{} {} {:?}", r.method, r.target, r.headers.iter().map(|h| &h.0).collect::<Vec<_>>()); } eprintln!("secrets {:?}", secrets); }
+    eprintln!("{kind}: {} requests reached the other host, none with any of {} credentials", seen.len(), secrets.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b2_credentials_never_follow_a_redirect_to_another_host() {
+    redirect_sweep(
+        "b2",
+        &[(None, None), (None, Some("b2_authorize_account")), (Some("download"), None), (Some("/file/"), None)],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onedata_token_never_follows_a_redirect_to_another_host() {
+    redirect_sweep("onedata", &[(None, None), (Some("/content"), None)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smh_secret_and_token_never_follow_a_redirect_to_another_host() {
+    redirect_sweep("smh", &[(None, None), (None, Some("/api/v1/token")), (Some("/file/"), None)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doris_password_and_token_never_follow_a_redirect_to_another_host() {
+    redirect_sweep("doris", &[(None, None), (Some("get_small_file"), None)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huawei_password_and_token_never_follow_a_redirect_to_another_host() {
+    redirect_sweep(
+        "huawei",
+        &[(None, None), (None, Some("/v3/auth/tokens")), (Some("/download/"), None)],
+    )
+    .await;
 }

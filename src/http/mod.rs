@@ -89,6 +89,9 @@ impl Http {
                 reqwest::redirect::Policy::limited(max_redirects)
             })
             .no_proxy()
+            // A Referer would carry the previous URL's query (SMH's library_secret and
+            // access_token, Doris's token) to wherever a redirect points.
+            .referer(false)
             .build()
             .map_err(|e| SourceError::Invalid(format!("cannot build HTTP client: {e}")))?;
         Ok(Http { client, opts })

@@ -296,6 +296,8 @@ impl B2Source {
         if opts.backoff_base == HttpOptions::default().backoff_base {
             opts.backoff_base = B2_BACKOFF_BASE;
         }
+        // B2 never redirects; following one would carry the SSE-C key headers to another host.
+        opts.max_redirects = 0;
         let http = Http::new(opts).map_err(|e| ConfigError::new(format!("source '{name}': {e}")))?;
         Ok(B2Source {
             inner: Arc::new(Inner {
