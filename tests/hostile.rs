@@ -104,7 +104,9 @@ impl RawServer {
         let s2 = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let (handler, seen) = (handler.clone(), s2.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
@@ -115,7 +117,10 @@ impl RawServer {
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf.len(), |p| p + 4);
+                    let end = buf
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map_or(buf.len(), |p| p + 4);
                     let text = String::from_utf8_lossy(&buf[..end]).to_string();
                     let mut lines = text.split("\r\n");
                     let mut first = lines.next().unwrap_or("").split(' ');
@@ -206,12 +211,18 @@ fn nginx_line(href: &str, text: &str, size: Option<u64>) -> String {
 }
 
 fn nginx_page(lines: &str) -> String {
-    format!("<html><head><title>Index of /</title></head><body><pre><a href=\"../\">../</a>\n{lines}</pre></body></html>")
+    format!(
+        "<html><head><title>Index of /</title></head><body><pre><a href=\"../\">../</a>\n{lines}</pre></body></html>"
+    )
 }
 
 /// Deterministic content of file `name` (`len` bytes).
 fn content(name: &str, len: usize) -> Vec<u8> {
-    common::pseudo_random(len, name.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)))
+    common::pseudo_random(
+        len,
+        name.bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)),
+    )
 }
 
 /// Serves a file honestly (ranges, HEAD), the way `reply` decides for the non-honest cases.
@@ -263,20 +274,20 @@ fn hostile_listing() -> (String, Vec<String>) {
     let mut lines = String::new();
     for (href, size) in [
         ("ok.txt", Some(5)),
-        ("a%2Fb", Some(5)),             // '/' inside a name
-        ("nul%00x", Some(5)),           // NUL
-        (".", None),                    // the directory itself
-        ("..", None),                   // the parent
-        ("%2E%2E/", None),              // '..' percent-encoded: the parent too
+        ("a%2Fb", Some(5)),                  // '/' inside a name
+        ("nul%00x", Some(5)),                // NUL
+        (".", None),                         // the directory itself
+        ("..", None),                        // the parent
+        ("%2E%2E/", None),                   // '..' percent-encoded: the parent too
         ("..%2F..%2Fetc%2Fpasswd", Some(5)), // traversal inside one segment
-        (&long, Some(5)),               // 300 bytes
-        (&max, Some(5)),                // exactly NAME_MAX
-        ("bad%FF%FE", Some(5)),         // invalid UTF-8
-        ("ctl%01%1B%5B31m", Some(5)),   // control bytes (allowed, documented in fs/name.rs)
+        (&long, Some(5)),                    // 300 bytes
+        (&max, Some(5)),                     // exactly NAME_MAX
+        ("bad%FF%FE", Some(5)),              // invalid UTF-8
+        ("ctl%01%1B%5B31m", Some(5)),        // control bytes (allowed, documented in fs/name.rs)
         ("dup", Some(5)),
-        ("dup", Some(7)),               // the same name twice: the first wins
+        ("dup", Some(7)), // the same name twice: the first wins
         ("same", Some(5)),
-        ("same/", None),                // a file and a directory with one name: the first wins
+        ("same/", None), // a file and a directory with one name: the first wins
         ("sub/", None),
     ] {
         lines.push_str(&nginx_line(href, "x", size));
@@ -362,23 +373,25 @@ async fn malformed_binary_and_truncated_listings_never_panic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_to_parents_other_hosts_sort_orders_and_loops_are_not_entries() {
-    let page = nginx_page(&[
-        nginx_line("../", "parent", None),
-        nginx_line("/", "root", None),
-        nginx_line("/d/", "self absolute", None),
-        nginx_line("./", "self", None),
-        nginx_line("?C=M;O=A", "sort", None),
-        nginx_line("?C=N;O=D", "sort", None),
-        nginx_line("http://other.invalid/d/x", "other host", Some(1)),
-        nginx_line("//other.invalid/d/y", "scheme-relative", Some(1)),
-        nginx_line("https://127.0.0.1/d/z", "other scheme", Some(1)),
-        nginx_line("javascript:alert(1)", "js", Some(1)),
-        nginx_line("mailto:a@b", "mail", Some(1)),
-        nginx_line("sub/../../d/", "self via sub", None),
-        nginx_line("a/b/c", "grandchild", Some(1)),
-        nginx_line("loop/", "loop", None),
-    ]
-    .concat());
+    let page = nginx_page(
+        &[
+            nginx_line("../", "parent", None),
+            nginx_line("/", "root", None),
+            nginx_line("/d/", "self absolute", None),
+            nginx_line("./", "self", None),
+            nginx_line("?C=M;O=A", "sort", None),
+            nginx_line("?C=N;O=D", "sort", None),
+            nginx_line("http://other.invalid/d/x", "other host", Some(1)),
+            nginx_line("//other.invalid/d/y", "scheme-relative", Some(1)),
+            nginx_line("https://127.0.0.1/d/z", "other scheme", Some(1)),
+            nginx_line("javascript:alert(1)", "js", Some(1)),
+            nginx_line("mailto:a@b", "mail", Some(1)),
+            nginx_line("sub/../../d/", "self via sub", None),
+            nginx_line("a/b/c", "grandchild", Some(1)),
+            nginx_line("loop/", "loop", None),
+        ]
+        .concat(),
+    );
     let server = RawServer::start(move |r| {
         // Every directory lists the same links: /d/loop/ links to loop/ again, endlessly deep.
         if r.target.ends_with('/') {
@@ -420,11 +433,17 @@ async fn a_listing_larger_than_the_cap_fails_with_a_clear_error_and_bounded_memo
     .await;
     let rss0 = rss_kib(std::process::id());
     let t = Instant::now();
-    let err = http_mount(&format!("{}/", server.base), "").await.err().expect("listing accepted");
+    let err = http_mount(&format!("{}/", server.base), "")
+        .await
+        .err()
+        .expect("listing accepted");
     assert!(err.contains("larger than"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
     let grew = rss_kib(std::process::id()).saturating_sub(rss0);
-    eprintln!("listing over the cap: refused in {:?}, RSS grew {grew} KiB", t.elapsed());
+    eprintln!(
+        "listing over the cap: refused in {:?}, RSS grew {grew} KiB",
+        t.elapsed()
+    );
     assert!(grew < 400 << 10, "RSS grew {grew} KiB reading a capped listing");
 }
 
@@ -612,7 +631,11 @@ async fn redirect_loops_fail_with_a_bounded_error_with_and_without_credentials()
     let server = RawServer::start(|r| {
         // /a -> /b -> /a ...
         let next = if r.target.starts_with("/a") { "/b/" } else { "/a/" };
-        Reply::new("302 Found", &[("location", next.into()), ("content-length", "0".into())], "")
+        Reply::new(
+            "302 Found",
+            &[("location", next.into()), ("content-length", "0".into())],
+            "",
+        )
     })
     .await;
     for extra in ["", "headers = { \"X-Api-Key\" = \"k1\" }"] {
@@ -624,7 +647,11 @@ async fn redirect_loops_fail_with_a_bounded_error_with_and_without_credentials()
         assert!(err.contains("too many redirects"), "{extra}: {err}");
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     }
-    assert!(server.requests().len() <= 2 * 12, "{} requests", server.requests().len());
+    assert!(
+        server.requests().len() <= 2 * 12,
+        "{} requests",
+        server.requests().len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -656,8 +683,6 @@ async fn basic_auth_is_never_sent_to_another_host_by_a_redirect() {
     assert!(trap.requests().is_empty(), "the other host saw {:?}", trap.requests());
     assert!(server.requests().iter().all(|r| r.header("authorization").is_some()));
 }
-
-
 
 // ---------------------------------------------------------------------------------------------
 // Real mounts: what users see with ls, find and cat.
@@ -692,7 +717,8 @@ fn a_mount_lists_hostile_names_safely_and_logs_each_skipped_one() {
     want.sort();
     assert_eq!(got, want);
     for name in want.iter().filter(|n| *n != "sub") {
-        let len = if name == "dup" { 5 } else { 5 };
+        // Duplicates: the first (5 bytes) is the one listed.
+        let len = 5;
         let bytes = std::fs::read(m.path(name)).unwrap_or_else(|e| panic!("{name:?}: {e}"));
         assert_eq!(bytes, content(name, len), "{name:?}");
     }
@@ -817,7 +843,11 @@ fn other_type(v: &serde_json::Value) -> serde_json::Value {
     }
 }
 
-const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-auth-token", "x-bz-server-side-encryption-customer-key"];
+const CREDENTIAL_HEADERS: [&str; 3] = [
+    "authorization",
+    "x-auth-token",
+    "x-bz-server-side-encryption-customer-key",
+];
 const CREDENTIAL_PARAMS: [&str; 2] = ["access_token", "token"];
 
 impl Proxy {
@@ -846,7 +876,8 @@ impl Proxy {
                     let mut l = lg.lock().unwrap();
                     for h in CREDENTIAL_HEADERS {
                         if let Some(v) = parts.headers.get(h).and_then(|v| v.to_str().ok()) {
-                            l.secrets.insert(v.trim_start_matches("Basic ").trim_start_matches("Bearer ").to_string());
+                            l.secrets
+                                .insert(v.trim_start_matches("Basic ").trim_start_matches("Bearer ").to_string());
                         }
                     }
                     if let Ok(u) = url::Url::parse(&format!("{me}{target}")) {
@@ -857,7 +888,12 @@ impl Proxy {
                         }
                     }
                 }
-                if let Spoil::Redirect { to, status, only, except } = &spoil
+                if let Spoil::Redirect {
+                    to,
+                    status,
+                    only,
+                    except,
+                } = &spoil
                     && only.as_ref().is_none_or(|o| parts.uri.path().contains(o.as_str()))
                     && except.as_ref().is_none_or(|e| !parts.uri.path().contains(e.as_str()))
                 {
@@ -939,7 +975,10 @@ impl Proxy {
 }
 
 /// A provider's demo emulator behind a proxy, and its config pointed at the proxy.
-async fn provider_behind_proxy(kind: &str, dir: &std::path::Path) -> (fetchfs::emulate::Server, Proxy, fetchfs::config::SourceConfig) {
+async fn provider_behind_proxy(
+    kind: &str,
+    dir: &std::path::Path,
+) -> (fetchfs::emulate::Server, Proxy, fetchfs::config::SourceConfig) {
     use fetchfs::config::SourceConfig as C;
     use fetchfs::emulate as e;
     // One SSE-C file in the B2 bucket (written before the emulator reads its tree), so the
@@ -1051,7 +1090,11 @@ async fn json_sweep(kind: &str) {
                 .unwrap_or_else(|_| panic!("{kind} {spoil:?}: the walk hung"))
                 .unwrap_or_else(|e| panic!("{kind} {spoil:?}: panicked: {e}"));
             runs += 1;
-            assert!(t.elapsed() < Duration::from_secs(15), "{kind} {spoil:?}: {:?}", t.elapsed());
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "{kind} {spoil:?}: {:?}",
+                t.elapsed()
+            );
             for (path, (size, bytes)) in &w.files {
                 if let Some((bsize, bbytes)) = baseline.files.get(path) {
                     let n = bytes.len().min(bbytes.len());
@@ -1138,30 +1181,65 @@ async fn redirect_sweep(kind: &str, cases: &[(Option<&str>, Option<&str>)]) {
                 .unwrap_or_else(|_| panic!("{kind} {status}: the walk hung"))
                 .unwrap_or_else(|e| panic!("{kind} {status}: panicked: {e}"));
             if only.is_none() {
-                assert!(w.files.is_empty(), "{kind} {status}: read through a redirect: {:?}", w.files.keys());
+                assert!(
+                    w.files.is_empty(),
+                    "{kind} {status}: read through a redirect: {:?}",
+                    w.files.keys()
+                );
             }
         }
     }
     *proxy.spoil.lock().unwrap() = Spoil::None;
     let mut secrets = config_secrets(&cfg);
-    secrets.extend(proxy.log.lock().unwrap().secrets.iter().filter(|s| s.len() >= 4).cloned());
+    secrets.extend(
+        proxy
+            .log
+            .lock()
+            .unwrap()
+            .secrets
+            .iter()
+            .filter(|s| s.len() >= 4)
+            .cloned(),
+    );
     assert!(!secrets.is_empty());
     let seen = trap.requests();
     for r in &seen {
         let all = format!("{} {} {:?} {}", r.method, r.target, r.headers, r.body);
         for s in &secrets {
-            assert!(!all.contains(s.as_str()), "{kind}: a credential reached another host: {r:?}");
+            assert!(
+                !all.contains(s.as_str()),
+                "{kind}: a credential reached another host: {r:?}"
+            );
         }
     }
-    if std::env::var("HOSTILE_DEBUG").is_ok() { for r in &seen { eprintln!("{} {} {:?}", r.method, r.target, r.headers.iter().map(|h| &h.0).collect::<Vec<_>>()); } eprintln!("secrets {:?}", secrets); }
-    eprintln!("{kind}: {} requests reached the other host, none with any of {} credentials", seen.len(), secrets.len());
+    if std::env::var("HOSTILE_DEBUG").is_ok() {
+        for r in &seen {
+            eprintln!(
+                "{} {} {:?}",
+                r.method,
+                r.target,
+                r.headers.iter().map(|h| &h.0).collect::<Vec<_>>()
+            );
+        }
+        eprintln!("secrets {:?}", secrets);
+    }
+    eprintln!(
+        "{kind}: {} requests reached the other host, none with any of {} credentials",
+        seen.len(),
+        secrets.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b2_credentials_never_follow_a_redirect_to_another_host() {
     redirect_sweep(
         "b2",
-        &[(None, None), (None, Some("b2_authorize_account")), (Some("download"), None), (Some("/file/"), None)],
+        &[
+            (None, None),
+            (None, Some("b2_authorize_account")),
+            (Some("download"), None),
+            (Some("/file/"), None),
+        ],
     )
     .await;
 }
@@ -1173,7 +1251,11 @@ async fn onedata_token_never_follows_a_redirect_to_another_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smh_secret_and_token_never_follow_a_redirect_to_another_host() {
-    redirect_sweep("smh", &[(None, None), (None, Some("/api/v1/token")), (Some("/file/"), None)]).await;
+    redirect_sweep(
+        "smh",
+        &[(None, None), (None, Some("/api/v1/token")), (Some("/file/"), None)],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1185,7 +1267,11 @@ async fn doris_password_and_token_never_follow_a_redirect_to_another_host() {
 async fn huawei_password_and_token_never_follow_a_redirect_to_another_host() {
     redirect_sweep(
         "huawei",
-        &[(None, None), (None, Some("/v3/auth/tokens")), (Some("/download/"), None)],
+        &[
+            (None, None),
+            (None, Some("/v3/auth/tokens")),
+            (Some("/download/"), None),
+        ],
     )
     .await;
 }

@@ -349,7 +349,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("files[1].contentLength"), "{e}");
-        let e = decode_json::<Page>(br#"{"files":[{}]}"#, "list").unwrap_err().to_string();
+        let e = decode_json::<Page>(br#"{"files":[{}]}"#, "list")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("contentLength"), "{e}");
     }
 

@@ -224,6 +224,20 @@ mod tests {
     }
 
     #[test]
+    fn encoded_dot_segments_and_same_named_file_and_directory() {
+        // `%2E%2E/` is `..` to a URL parser (the parent: not a child), `..%2F..%2Fx` is one
+        // segment whose decoded name holds '/': skipped. A file and a directory with one name:
+        // the first wins.
+        let html = r#"<a href="%2E%2E/">up</a><a href="%2e/">self</a><a href="..%2F..%2Fetc">t</a>
+<a href="same">f</a><a href="same/">d</a><a href="ctl%01%1B">c</a>"#;
+        let (links, skipped) = parse(html, &base());
+        let got: Vec<_> = links.iter().map(|l| (l.name.as_str(), l.is_dir)).collect();
+        assert_eq!(got, vec![("same", false), ("ctl\u{1}\u{1b}", false)]);
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert_eq!(skipped[0].why, "contains '/'");
+    }
+
+    #[test]
     fn malformed_html_does_not_panic() {
         for html in [
             "<a href=",

@@ -345,8 +345,8 @@ impl OnedataSource {
             let body = serde_json::json!({ "attributes": ATTRS });
             self.json(&what, |c| c.get(&url).json(&body)).await?
         };
-        let a =
-            Attrs::from_json(&v).ok_or_else(|| SourceError::Protocol(format!("{what}: attributes without a fileId")))?;
+        let a = Attrs::from_json(&v)
+            .ok_or_else(|| SourceError::Protocol(format!("{what}: attributes without a fileId")))?;
         if a.kind.unwrap_or(EntryKind::File) == EntryKind::File && a.size.is_none() {
             return Err(SourceError::Protocol(format!("{what}: a file without a numeric size")));
         }
