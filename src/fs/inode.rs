@@ -6,6 +6,7 @@
 //! the network; [`super::FsCore`] fills and refreshes it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::source::Entry;
@@ -34,7 +35,9 @@ pub struct Node {
     pub entry: Entry,
     /// When `entry` was last confirmed by the provider.
     pub confirmed: Instant,
-    pub listing: Option<Listing>,
+    /// Shared so that readdir/lookup take a reference, not a copy (a directory may hold
+    /// 100,000 entries and is consulted once per entry by `find`).
+    pub listing: Option<Arc<Listing>>,
     /// Validator whose pages the kernel may hold (we replied FOPEN_KEEP_CACHE or served reads).
     pub kernel_validator: Option<String>,
     /// Validator of a version that failed its checksum: every read of it fails with EIO.

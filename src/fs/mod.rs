@@ -201,11 +201,11 @@ impl FsCore {
                 children.push((m.name.clone(), ino));
                 by_name.insert(m.name.clone(), ino);
             }
-            t.get_mut(ROOT).unwrap().listing = Some(Listing {
+            t.get_mut(ROOT).unwrap().listing = Some(Arc::new(Listing {
                 children,
                 by_name,
                 fetched: now,
-            });
+            }));
             t
         };
         Arc::new(FsCore {
@@ -282,8 +282,8 @@ impl FsCore {
                 return Err(FsError::NotDir);
             }
             Ok(match (&node.listing, node.source) {
-                (Some(l), None) => Some(Arc::new(l.clone())),
-                (Some(l), Some(_)) if l.fetched.elapsed() < max_age => Some(Arc::new(l.clone())),
+                (Some(l), None) => Some(l.clone()),
+                (Some(l), Some(_)) if l.fetched.elapsed() < max_age => Some(l.clone()),
                 _ => None,
             })
         };
@@ -323,15 +323,15 @@ impl FsCore {
             children.push((name.clone(), child));
             by_name.insert(name, child);
         }
-        let listing = Listing {
+        let listing = Arc::new(Listing {
             children,
             by_name,
             fetched: now,
-        };
+        });
         let node = t.get_mut(ino).ok_or(FsError::NotFound)?;
         node.listing = Some(listing.clone());
         node.confirmed = now;
-        Ok(Arc::new(listing))
+        Ok(listing)
     }
 
     /// FUSE lookup: the attributes of `name` in directory `parent`.

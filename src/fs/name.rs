@@ -3,6 +3,11 @@
 //! Providers can return names no POSIX filesystem can hold (`/` inside a B2 segment, NUL,
 //! `.`/`..`, over 255 bytes). The core skips those entries with a warning instead of passing
 //! them to the kernel, which would reject the whole directory reply or, worse, resolve `..`.
+//!
+//! Everything else the kernel accepts is shown unchanged, never escaped: control bytes (`ls`
+//! escapes them itself, `find -print0` passes them through), leading dots, spaces. Names that
+//! are not valid UTF-8 (an autoindex href decoding to `%FF`) are skipped with a warning by the
+//! source that decodes them; duplicates are skipped by the core (the first one wins).
 
 /// Longest name the kernel accepts (NAME_MAX).
 pub const NAME_MAX: usize = 255;

@@ -89,6 +89,9 @@ impl Http {
                 reqwest::redirect::Policy::limited(max_redirects)
             })
             .no_proxy()
+            // A Referer would carry the previous URL's query (SMH's library_secret and
+            // access_token, Doris's token) to wherever a redirect points.
+            .referer(false)
             .build()
             .map_err(|e| SourceError::Invalid(format!("cannot build HTTP client: {e}")))?;
         Ok(Http { client, opts })
@@ -203,8 +206,22 @@ impl Http {
     /// Reads a JSON body (bounded to 64 MiB).
     pub async fn body_json<T: serde::de::DeserializeOwned>(&self, resp: Response, what: &str) -> Result<T> {
         let body = self.body_bytes(resp, what, 64 << 20).await?;
-        serde_json::from_slice(&body).map_err(|e| SourceError::Protocol(format!("{what}: bad JSON: {e}")))
+        decode_json(&body, what)
     }
+}
+
+/// Decodes a JSON body; the error names the offending field by its path
+/// (`bad JSON at files[3].contentLength: invalid type: string "x", expected u64`).
+pub fn decode_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            SourceError::Protocol(format!("{what}: bad JSON: {}", e.inner()))
+        } else {
+            SourceError::Protocol(format!("{what}: bad JSON at {path}: {}", e.inner()))
+        }
+    })
 }
 
 /// Wraps a response body so every chunk must arrive within `stall`.
@@ -339,6 +356,29 @@ mod tests {
         let text = transport_error("GET /cos/obj", &e).to_string();
         assert!(!text.contains("SECRETSIG"), "{text}");
         assert!(text.contains("GET /cos/obj") && text.contains("scheme"), "{text}");
+    }
+
+    #[test]
+    fn bad_json_errors_name_the_field() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct F {
+            #[serde(rename = "contentLength")]
+            len: u64,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Page {
+            files: Vec<F>,
+        }
+        let e = decode_json::<Page>(br#"{"files":[{"contentLength":1},{"contentLength":"x"}]}"#, "list")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("files[1].contentLength"), "{e}");
+        let e = decode_json::<Page>(br#"{"files":[{}]}"#, "list")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("contentLength"), "{e}");
     }
 
     #[test]

@@ -276,6 +276,37 @@ mod tests {
     }
 
     #[test]
+    fn lying_partial_replies_are_refused() {
+        // A shorter span that does not end at EOF is a protocol error, one that does is a change.
+        let h = hdrs(&[("content-range", "bytes 10-14/100")]);
+        assert!(matches!(
+            plan(StatusCode::PARTIAL_CONTENT, &h, &(10..20), Some(100)),
+            Err(SourceError::Protocol(_))
+        ));
+        let h = hdrs(&[("content-range", "bytes 10-14/15")]);
+        assert!(matches!(
+            plan(StatusCode::PARTIAL_CONTENT, &h, &(10..20), None),
+            Err(SourceError::Changed(_))
+        ));
+        // A longer span is cut to what was asked.
+        let h = hdrs(&[("content-range", "bytes 10-99/100")]);
+        let p = plan(StatusCode::PARTIAL_CONTENT, &h, &(10..20), Some(100)).unwrap();
+        assert_eq!(p.take, 10);
+        // Garbage Content-Range, or none: refused.
+        for cr in ["bytes lots/many", "bytes 10-/100", "bytes -5/100"] {
+            let h = hdrs(&[("content-range", cr)]);
+            assert!(plan(StatusCode::PARTIAL_CONTENT, &h, &(10..20), None).is_err(), "{cr}");
+        }
+        assert!(plan(StatusCode::PARTIAL_CONTENT, &HeaderMap::new(), &(10..20), None).is_err());
+        // A 200 longer than the object is a changed object, not extra bytes to pass on.
+        let h = hdrs(&[("content-length", "150")]);
+        assert!(matches!(
+            plan(StatusCode::OK, &h, &(10..20), Some(100)),
+            Err(SourceError::Changed(_))
+        ));
+    }
+
+    #[test]
     fn whole_object_reply_is_sliced_locally() {
         let h = hdrs(&[("content-length", "100")]);
         let p = plan(StatusCode::OK, &h, &(40..50), Some(100)).unwrap();

@@ -1,7 +1,7 @@
 //! Parsing HTML directory listings ("autoindex") as nginx, Apache, lighttpd and Python's
 //! `http.server` produce them.
 //!
-//! The parser is deliberately forgiving about markup (html5ever via `scraper`, so malformed,
+//! The parser is deliberately forgiving about markup (html5ever's tokenizer, so malformed,
 //! nested or truncated pages still parse) and strict about what counts as an entry: only links
 //! that resolve to a direct child of the listed directory. Parent links (`../`), sort links
 //! (`?C=N;O=D`), fragments, absolute links elsewhere and links to other hosts are ignored.
@@ -12,8 +12,86 @@
 
 use std::time::SystemTime;
 
-use scraper::{Html, Selector};
+use std::cell::RefCell;
+
+use html5ever::tendril::StrTendril;
+use html5ever::tokenizer::{BufferQueue, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer};
 use url::Url;
+
+/// Text kept after each link (nginx's date and size fit in well under this).
+const MAX_TRAILER: usize = 256;
+
+/// Collects `(href, text right after </a>)` from the token stream. No tree is built: memory
+/// stays proportional to the links, not to the page (a DOM costs ~12× the page's size).
+#[derive(Default)]
+struct Anchors {
+    links: RefCell<Vec<(String, String)>>,
+    /// Inside an `<a href>`.
+    open: RefCell<bool>,
+    /// Between its `</a>` and the next tag: the text goes to the last link's trailer.
+    trailing: RefCell<bool>,
+}
+
+impl TokenSink for Anchors {
+    type Handle = ();
+
+    fn process_token(&self, token: Token, _line: u64) -> TokenSinkResult<()> {
+        match token {
+            Token::TagToken(tag) => {
+                *self.trailing.borrow_mut() = false;
+                if &*tag.name == "a" {
+                    match tag.kind {
+                        TagKind::StartTag => {
+                            let href = tag.attrs.iter().find(|a| &*a.name.local == "href");
+                            *self.open.borrow_mut() = href.is_some();
+                            if let Some(h) = href {
+                                self.links.borrow_mut().push((h.value.to_string(), String::new()));
+                            }
+                        }
+                        TagKind::EndTag => {
+                            let was_open = std::mem::take(&mut *self.open.borrow_mut());
+                            *self.trailing.borrow_mut() = was_open;
+                        }
+                    }
+                }
+            }
+            Token::CharacterTokens(t) if *self.trailing.borrow() => {
+                if let Some((_, trailer)) = self.links.borrow_mut().last_mut()
+                    && trailer.len() < MAX_TRAILER
+                {
+                    let room = MAX_TRAILER - trailer.len();
+                    let mut end = room.min(t.len());
+                    while !t.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    trailer.push_str(&t[..end]);
+                }
+            }
+            _ => {}
+        }
+        TokenSinkResult::Continue
+    }
+}
+
+/// Every `<a href>` of `html` with the text that follows its `</a>`.
+fn anchors(html: &str) -> Vec<(String, String)> {
+    let tok = Tokenizer::new(Anchors::default(), Default::default());
+    let input = BufferQueue::default();
+    // Fed in pieces so the tokenizer never holds a second copy of a big page.
+    let mut rest = html;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(64 << 10);
+        while !rest.is_char_boundary(end) {
+            end += 1;
+        }
+        input.push_back(StrTendril::from_slice(&rest[..end]));
+        rest = &rest[end..];
+        // The sink never asks to pause for a script, so one feed consumes the queue.
+        let _ = tok.feed(&input);
+    }
+    tok.end();
+    tok.sink.links.take()
+}
 
 /// One link of a listing that names a direct child.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,13 +115,11 @@ pub struct Skipped {
 
 /// Parses `html`, the listing of directory `base` (which must end in `/`).
 pub fn parse(html: &str, base: &Url) -> (Vec<Link>, Vec<Skipped>) {
-    let doc = Html::parse_document(html);
-    let sel = Selector::parse("a[href]").expect("static selector");
     let mut links: Vec<Link> = Vec::new();
     let mut skipped = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for a in doc.select(&sel) {
-        let href = a.value().attr("href").unwrap_or_default().trim();
+    for (href, trailer) in anchors(html) {
+        let href = href.trim();
         match child_of(base, href) {
             Err(why) => {
                 if why != "not a child" {
@@ -64,10 +140,6 @@ pub fn parse(html: &str, base: &Url) -> (Vec<Link>, Vec<Skipped>) {
                 if !seen.insert(name.clone()) {
                     continue;
                 }
-                let trailer = a
-                    .next_sibling()
-                    .and_then(|n| n.value().as_text().map(|t| t.to_string()))
-                    .unwrap_or_default();
                 let (size, mtime) = if is_dir {
                     (None, parse_nginx_trailer(&trailer).1)
                 } else {
@@ -221,6 +293,20 @@ mod tests {
         let names: Vec<_> = links.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, vec!["good"]);
         assert_eq!(skipped.len(), 5, "{skipped:?}");
+    }
+
+    #[test]
+    fn encoded_dot_segments_and_same_named_file_and_directory() {
+        // `%2E%2E/` is `..` to a URL parser (the parent: not a child), `..%2F..%2Fx` is one
+        // segment whose decoded name holds '/': skipped. A file and a directory with one name:
+        // the first wins.
+        let html = r#"<a href="%2E%2E/">up</a><a href="%2e/">self</a><a href="..%2F..%2Fetc">t</a>
+<a href="same">f</a><a href="same/">d</a><a href="ctl%01%1B">c</a>"#;
+        let (links, skipped) = parse(html, &base());
+        let got: Vec<_> = links.iter().map(|l| (l.name.as_str(), l.is_dir)).collect();
+        assert_eq!(got, vec![("same", false), ("ctl\u{1}\u{1b}", false)]);
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert_eq!(skipped[0].why, "contains '/'");
     }
 
     #[test]

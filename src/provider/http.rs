@@ -42,6 +42,8 @@ const MAX_LISTING_BYTES: usize = 64 << 20;
 const HEAD_CONCURRENCY: usize = 16;
 /// Same-host redirects followed by hand when credentials are configured.
 const MAX_MANUAL_REDIRECTS: usize = 10;
+/// How long the listing fetched by the mount's probe stands in for the first listing.
+const PROBE_REUSE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Remote handle of the synthetic root when the URL names a single file.
 const SINGLE_ROOT: &str = "single-file-root";
 
@@ -90,6 +92,10 @@ pub struct HttpSource {
     has_credentials: bool,
     /// Open with HEAD instead of a first-block GET (a disk tier may already hold the bytes).
     head_on_open: bool,
+    /// The root listing fetched by [`Source::root`] to probe the URL, handed to the first
+    /// `list` of the root (if it comes within [`PROBE_REUSE`]) so a mount does not download
+    /// and parse a huge page twice.
+    probed_root: std::sync::Mutex<Option<(std::time::Instant, Vec<Entry>)>>,
 }
 
 impl HttpSource {
@@ -159,6 +165,7 @@ impl HttpSource {
             headers,
             has_credentials,
             head_on_open: ctx.disk_cache,
+            probed_root: std::sync::Mutex::new(None),
         })
     }
 
@@ -335,7 +342,8 @@ impl Source for HttpSource {
             root.mtime = SystemTime::now();
             return Ok(root);
         }
-        self.list_url(&self.base).await?;
+        let entries = self.list_url(&self.base).await?;
+        *self.probed_root.lock().unwrap() = Some((std::time::Instant::now(), entries));
         Ok(decorate(Entry::dir("", self.base.as_str())))
     }
 
@@ -346,6 +354,12 @@ impl Source for HttpSource {
         }
         let url = Url::parse(&dir.remote)
             .map_err(|_| SourceError::Invalid(format!("bad directory handle {}", dir.remote)))?;
+        if url == self.base
+            && let Some((at, entries)) = self.probed_root.lock().unwrap().take()
+            && at.elapsed() < PROBE_REUSE
+        {
+            return Ok(entries);
+        }
         self.list_url(&url).await
     }
 

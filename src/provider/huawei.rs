@@ -232,7 +232,11 @@ impl HuaweiSource {
                 "source '{name}': export_tasks entry '{bad}' is not a task id"
             )));
         }
-        let http = Http::new(ctx.http.clone()).map_err(|e| ConfigError::new(format!("source '{name}': {e}")))?;
+        // Never follow redirects: HSS serves bytes directly, X-Auth-Token is a custom header
+        // reqwest would forward to any host, and a 307 would re-post the IAM password there.
+        let mut opts = ctx.http.clone();
+        opts.max_redirects = 0;
+        let http = Http::new(opts).map_err(|e| ConfigError::new(format!("source '{name}': {e}")))?;
         Ok(HuaweiSource {
             inner: Arc::new(Inner {
                 http,

@@ -289,7 +289,7 @@ impl OnedataSource {
             return Err(self.error_of(resp, what).await);
         }
         let body = self.http.body_bytes(resp, what, MAX_JSON_BYTES).await?;
-        serde_json::from_slice(&body).map_err(|e| SourceError::Protocol(format!("{what}: bad JSON: {e}")))
+        crate::http::decode_json(&body, what)
     }
 
     async fn error_of(&self, resp: reqwest::Response, what: &str) -> SourceError {
@@ -345,7 +345,12 @@ impl OnedataSource {
             let body = serde_json::json!({ "attributes": ATTRS });
             self.json(&what, |c| c.get(&url).json(&body)).await?
         };
-        Attrs::from_json(&v).ok_or_else(|| SourceError::Protocol(format!("{what}: attributes without a fileId")))
+        let a = Attrs::from_json(&v)
+            .ok_or_else(|| SourceError::Protocol(format!("{what}: attributes without a fileId")))?;
+        if a.kind.unwrap_or(EntryKind::File) == EntryKind::File && a.size.is_none() {
+            return Err(SourceError::Protocol(format!("{what}: a file without a numeric size")));
+        }
+        Ok(a)
     }
 
     /// `POST /lookup-file-id/{space}/{path...}` → fileId.
@@ -424,6 +429,10 @@ impl OnedataSource {
                 }
                 for c in &page.children {
                     match Attrs::from_json(c) {
+                        // A regular file without a size would show as empty: leave it out.
+                        Some(a) if a.kind.unwrap_or(EntryKind::File) == EntryKind::File && a.size.is_none() => {
+                            tracing::warn!(dir = %dir_id, name = %a.name, "skipping a file listed without a numeric size");
+                        }
                         Some(a) => out.push(a),
                         None => {
                             return Err(SourceError::Protocol(format!(

@@ -566,6 +566,11 @@ fn meta_value(v: &serde_json::Value) -> String {
     }
 }
 
+/// Whether a listing item is a regular file (neither a directory nor a symlink).
+fn is_regular(item: &Item) -> bool {
+    !matches!(item.kind.as_deref(), Some("dir") | Some("symlink"))
+}
+
 /// Turns a listing or `?info` item at `path` into an entry with handle `remote`.
 fn entry_of(item: &Item, name: &str, path: &str, remote: String) -> Entry {
     let kind = match item.kind.as_deref() {
@@ -869,6 +874,11 @@ impl Source for SmhSource {
                         tracing::warn!(name = VERSIONS_DIR, "hidden by the versions view of this source");
                         continue;
                     }
+                    if is_regular(&item) && item.size.is_none() {
+                        // It would show as an empty file.
+                        tracing::warn!(path = %child, "skipping a file listed without a numeric size");
+                        continue;
+                    }
                     let remote = Handle::Node(child.clone()).render();
                     out.push(entry_of(&item, &item.name, &child, remote));
                 }
@@ -897,6 +907,10 @@ impl Source for SmhSource {
                 let versions = s.history(&path).await?;
                 let mut out = Vec::with_capacity(versions.len());
                 for item in versions {
+                    if item.size.is_none() {
+                        tracing::warn!(path = %path, "skipping a version listed without a numeric size");
+                        continue;
+                    }
                     let Some(id) = item.id.clone() else {
                         return Err(SourceError::Protocol(format!(
                             "history of {path}: a version without an id"
@@ -940,7 +954,9 @@ impl Source for SmhSource {
         let mut entry = entry_of(&info, &file.name, &path, file.remote.clone());
         entry.kind = EntryKind::File;
         entry.symlink_target = None;
-        entry.size = info.size.unwrap_or(0);
+        entry.size = info
+            .size
+            .ok_or_else(|| SourceError::Protocol(format!("{path}: ?info states no numeric size")))?;
         if entry.mtime == SystemTime::UNIX_EPOCH {
             entry.mtime = file.mtime;
         }

@@ -145,7 +145,12 @@ pub struct FileVersion {
 
 impl FileVersion {
     pub fn size(&self) -> u64 {
-        self.content_length.or(self.size).unwrap_or(0)
+        self.known_size().unwrap_or(0)
+    }
+
+    /// The size when the answer states one (a file without it must not show as empty).
+    pub fn known_size(&self) -> Option<u64> {
+        self.content_length.or(self.size)
     }
 
     /// `fileInfo` as strings.

@@ -296,6 +296,8 @@ impl B2Source {
         if opts.backoff_base == HttpOptions::default().backoff_base {
             opts.backoff_base = B2_BACKOFF_BASE;
         }
+        // B2 never redirects; following one would carry the SSE-C key headers to another host.
+        opts.max_redirects = 0;
         let http = Http::new(opts).map_err(|e| ConfigError::new(format!("source '{name}': {e}")))?;
         Ok(B2Source {
             inner: Arc::new(Inner {
@@ -620,6 +622,9 @@ fn entries_from_listing(bucket_id: &str, prefix: &str, files: &[api::FileVersion
                     dirs.push(Entry::dir(name, handle(DIR, bucket_id, &f.file_name)));
                 }
             }
+            "upload" if !rest.is_empty() && f.known_size().is_none() => {
+                tracing::warn!(file = %f.file_name, "skipping a file listed without contentLength");
+            }
             "upload" if !rest.is_empty() => plain.push((rest, f)),
             // `hide`, `start` (unfinished large files) and anything new are not files to read.
             _ => {}
@@ -716,6 +721,13 @@ impl Source for B2Source {
                 Ok(files
                     .iter()
                     .filter(|f| f.action == "upload")
+                    .filter(|f| {
+                        let known = f.known_size().is_some();
+                        if !known {
+                            tracing::warn!(file = %f.file_name, "skipping a version listed without contentLength");
+                        }
+                        known
+                    })
                     .filter_map(|f| {
                         let id = f.file_id.as_ref()?;
                         Some(file_entry(&version_name(f), format!("{VERSION_FILE}\t{id}"), f))
