@@ -17,6 +17,7 @@ pub mod doris;
 pub mod http;
 pub mod huawei;
 pub mod onedata;
+pub mod proxy;
 pub mod smh;
 
 use std::collections::BTreeMap;
