@@ -3,35 +3,38 @@
 //! (`tests/faults.rs`, `scripts/chaos.sh`) puts it between the daemon and an emulator;
 //! `fetchfs emulate proxy --upstream 127.0.0.1:PORT` runs it for your own experiments.
 //!
-//! Each accepted connection draws at most one fault from a seeded RNG, with the configured rate
-//! of each kind (the rates add up to the chance that a connection is faulty):
+//! Faults are drawn from one seeded RNG. The transport faults are drawn per *stretch* of a
+//! connection: when a connection opens, and again after every `max_offset` response bytes while
+//! no fault is pending, it draws at most one of them with the configured rates (the rates add
+//! up to the chance that a stretch is faulty), due at a drawn byte N of that stretch. So a
+//! keep-alive connection carrying many responses meets faults at the same rate per byte as many
+//! short connections. Byte offsets count everything the upstream sent, headers included.
 //!
-//! * **reset**: after N bytes of the response stream, the client socket is closed with
-//!   `SO_LINGER 0`, so the client sees a TCP RST mid-body (or mid-header when N is small);
-//! * **stall**: after N bytes, nothing is forwarded for a drawn time in
-//!   `[stall_ms / 4, stall_ms]`; choose `stall_ms` above the daemon's stall timeout so that some
-//!   stalls outlast it and some do not; forwarding then resumes;
+//! * **reset**: at byte N the client socket is closed with `SO_LINGER 0`, so the client sees a
+//!   TCP RST mid-body (or mid-header when N falls in a head);
+//! * **stall**: at byte N nothing is forwarded for a drawn time in `[stall_ms / 4, stall_ms]`;
+//!   choose `stall_ms` above the daemon's stall timeout so that some stalls outlast it and some
+//!   do not; forwarding then resumes;
 //! * **trickle**: from byte N on, the next `trickle_bytes` bytes go out 1 to 64 bytes at a time
-//!   with `trickle_delay_ms` between pieces, then forwarding is normal again;
-//! * **truncate**: after N bytes the connection is closed cleanly (FIN), short of the
-//!   announced `Content-Length`;
-//! * **flip**: one byte of a response *body* is inverted. Headers are never touched (a damaged
-//!   header is a different fault, left to the hostile-input suite): the proxy parses the
-//!   head of the first response on the connection (up to `\r\n\r\n`) and flips only when that
-//!   response is a `200`/`206` with a `Content-Length`, a non-textual content type (JSON, HTML,
-//!   XML and text bodies are metadata, not file bytes) and is not the answer to a `HEAD`; the
-//!   flipped offset is inside that body (`N mod Content-Length`). Keep-alive connections that
-//!   carry several responses are handled by flipping only inside the first response's body:
-//!   the bytes after its `Content-Length` belong to later responses, whose headers the proxy
-//!   does not parse, so they are never flipped. A chunked first response is not flipped either
-//!   (a flipped chunk-size line is a framing fault, not a data fault).
+//!   with `trickle_delay_ms` between pieces (slow, yet never silent for long enough to trip a
+//!   stall timeout), then forwarding is normal again;
+//! * **truncate**: at byte N the connection is closed cleanly (FIN), short of the announced
+//!   `Content-Length`;
+//! * **flip**: one byte of a response *body* is inverted, drawn per response with
+//!   `flip_rate`. Headers are never touched (a damaged header is a different fault, left to the
+//!   hostile-input suite). Keep-alive connections carry several responses, so the proxy follows
+//!   HTTP/1.1 framing in both directions: it splits the request stream into requests (head up to
+//!   `\r\n\r\n`, then `Content-Length` bytes) to know which ones are `HEAD`, and the response
+//!   stream into responses the same way (no body for a `HEAD`, 204 or 304). Only bodies of
+//!   `200`/`206` answers with a `Content-Length` and a non-textual content type are flipped
+//!   (JSON, HTML, XML and text bodies are metadata, not file bytes), at a drawn offset inside
+//!   that body. When the framing cannot be followed (a chunked message, a response without a
+//!   length, a 1xx) the proxy stops flipping on that connection rather than risk a header byte.
 //!
-//! N is drawn uniformly in `[0, max_offset)` over the bytes the upstream sent on the
-//! connection, headers included. A fault is counted when it actually happens (a response that
-//! ends before N is not damaged and not counted). Faults are switched on and off at run time
-//! ([`ProxyControl::set_enabled`]; the CLI serves `POST /on`, `POST /off` and `GET /counters`
-//! on `--control-port`); switching off takes effect at once, including on connections already
-//! open with a fault drawn but not yet fired.
+//! A fault is counted when it actually happens (a stretch that ends before N is not damaged and
+//! not counted). Faults are switched on and off at run time ([`ProxyControl::set_enabled`]; the
+//! CLI serves `POST /on`, `POST /off` and `GET /counters` on `--control-port`); switching off
+//! takes effect at once, including on connections with a fault drawn but not yet fired.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -117,6 +120,12 @@ pub struct ProxyArgs {
     /// Faults fire within the first this-many bytes of a connection.
     #[arg(long, default_value_t = 256 * 1024)]
     pub max_offset: u64,
+    /// Bytes a trickle dribbles out before forwarding normally again.
+    #[arg(long, default_value_t = 8 * 1024)]
+    pub trickle_bytes: u64,
+    /// Pause between the 1-to-64-byte pieces of a trickle, milliseconds.
+    #[arg(long, default_value_t = 2)]
+    pub trickle_delay_ms: u64,
     /// Start with faults switched off.
     #[arg(long)]
     pub off: bool,
@@ -133,7 +142,8 @@ impl ProxyArgs {
             flip_rate: self.flip_rate,
             stall_ms: self.stall_ms,
             max_offset: self.max_offset.max(1),
-            ..ProxyConfig::default()
+            trickle_bytes: self.trickle_bytes,
+            trickle_delay_ms: self.trickle_delay_ms,
         }
     }
 }
@@ -183,6 +193,8 @@ pub struct ProxyControl {
     rng: Mutex<StdRng>,
     connections: AtomicU64,
     counts: [AtomicU64; 5],
+    /// Bumped by every switch or config change: open connections draw again at once.
+    generation: AtomicU64,
 }
 
 impl ProxyControl {
@@ -193,16 +205,19 @@ impl ProxyControl {
             config: Mutex::new(cfg),
             connections: AtomicU64::new(0),
             counts: Default::default(),
+            generation: AtomicU64::new(0),
         }
     }
     pub fn set_enabled(&self, on: bool) {
         self.enabled.store(on, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
     pub fn enabled(&self) -> bool {
         self.enabled.load(Ordering::SeqCst)
     }
     pub fn set_config(&self, cfg: ProxyConfig) {
         *self.config.lock().unwrap() = cfg;
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
     pub fn config(&self) -> ProxyConfig {
         self.config.lock().unwrap().clone()
@@ -222,14 +237,14 @@ impl ProxyControl {
         self.counts[k as usize].fetch_add(1, Ordering::SeqCst);
     }
 
-    /// The fault of a new connection, if any, with its shape drawn now.
-    fn draw(&self) -> Option<Plan> {
+    /// The transport fault of the next `max_offset` bytes of a connection (`from` = bytes
+    /// forwarded so far), if any, with its shape drawn now.
+    fn draw(&self, from: u64) -> Option<Plan> {
         let cfg = self.config();
         let mut rng = self.rng.lock().unwrap();
         let roll: f64 = rng.random();
-        let at = rng.random_range(0..cfg.max_offset.max(1));
+        let at = from + rng.random_range(0..cfg.max_offset.max(1));
         let stall = Duration::from_millis(rng.random_range(cfg.stall_ms / 4..=cfg.stall_ms));
-        let seed: u64 = rng.random();
         if !self.enabled() {
             return None;
         }
@@ -238,35 +253,37 @@ impl ProxyControl {
             (FaultKind::Stall, cfg.stall_rate),
             (FaultKind::Trickle, cfg.trickle_rate),
             (FaultKind::Truncate, cfg.truncate_rate),
-            (FaultKind::Flip, cfg.flip_rate),
         ];
         let mut acc = 0.0;
         for (kind, rate) in kinds {
             acc += rate.max(0.0);
             if roll < acc {
-                return Some(Plan {
-                    kind,
-                    at,
-                    stall,
-                    trickle_bytes: cfg.trickle_bytes,
-                    trickle_delay: Duration::from_millis(cfg.trickle_delay_ms),
-                    seed,
-                });
+                return Some(Plan { kind, at, stall });
             }
         }
         None
     }
+
+    /// Where to flip a byte in a body of `len` bytes, if this body draws a flip.
+    fn draw_flip(&self, len: u64) -> Option<u64> {
+        let rate = self.config().flip_rate;
+        let mut rng = self.rng.lock().unwrap();
+        let (roll, at): (f64, u64) = (rng.random(), rng.random_range(0..len.max(1)));
+        (self.enabled() && roll < rate).then_some(at)
+    }
+
+    /// Size of the next trickled piece (1 to 64 bytes).
+    fn piece(&self) -> usize {
+        self.rng.lock().unwrap().random_range(1..=64usize)
+    }
 }
 
-/// One connection's fault.
+/// A transport fault due at byte `at` of a connection's response stream.
 #[derive(Debug, Clone)]
 struct Plan {
     kind: FaultKind,
     at: u64,
     stall: Duration,
-    trickle_bytes: u64,
-    trickle_delay: Duration,
-    seed: u64,
 }
 
 /// A running proxy. Dropping it stops accepting and closes every forwarded connection.
@@ -304,7 +321,6 @@ pub async fn start(upstream: SocketAddr, port: u16, cfg: ProxyConfig) -> std::io
                 continue;
             };
             ctl.connections.fetch_add(1, Ordering::SeqCst);
-            let plan = ctl.draw();
             let ctl = ctl.clone();
             conns.spawn(async move {
                 let Ok(up) = TcpStream::connect(upstream).await else {
@@ -312,45 +328,94 @@ pub async fn start(upstream: SocketAddr, port: u16, cfg: ProxyConfig) -> std::io
                 };
                 let _ = client.set_nodelay(true);
                 let _ = up.set_nodelay(true);
-                forward(client, up, plan, ctl).await;
+                forward(client, up, ctl).await;
             });
         }
     });
     Ok(Proxy { addr, control, task })
 }
 
-/// What the head of the first response says about flipping its body.
+/// Requests seen on a connection, in order, so the response side knows which answer a HEAD.
 #[derive(Debug, Default)]
-struct FlipTarget {
-    /// Absolute offset (in the connection's response stream) of the byte to flip.
-    at: Option<u64>,
-    decided: bool,
+struct Requests {
+    methods: std::collections::VecDeque<bool>,
+    /// Request framing could not be followed (chunked body): stop flipping on this connection.
+    lost: bool,
 }
 
-async fn forward(client: TcpStream, up: TcpStream, plan: Option<Plan>, ctl: Arc<ProxyControl>) {
+async fn forward(client: TcpStream, up: TcpStream, ctl: Arc<ProxyControl>) {
     let (client_r, mut client_w) = client.into_split();
     let (mut up_r, up_w) = up.into_split();
-    let first_is_head = Arc::new(Mutex::new(None::<bool>));
-    let upstream_dir = tokio::spawn(pump_requests(client_r, up_w, first_is_head.clone()));
-    let _ = pump_responses(&mut up_r, &mut client_w, plan, &ctl, &first_is_head).await;
+    let requests = Arc::new(Mutex::new(Requests::default()));
+    let upstream_dir = tokio::spawn(pump_requests(client_r, up_w, requests.clone()));
+    let _ = pump_responses(&mut up_r, &mut client_w, &ctl, &requests).await;
     upstream_dir.abort();
     let _ = upstream_dir.await;
 }
 
-/// Client → upstream, untouched; notes whether the first request is a HEAD.
-async fn pump_requests(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, first_is_head: Arc<Mutex<Option<bool>>>) {
+/// Splits a byte stream into HTTP/1.1 messages: a head up to `\r\n\r\n`, then a body of
+/// `Content-Length` bytes. `Lost` once the framing cannot be followed.
+#[derive(Debug)]
+enum Framing {
+    Head(Vec<u8>),
+    Body(u64),
+    Lost,
+}
+
+impl Framing {
+    /// Feeds `chunk`; calls `on_head(head, offset of the byte after the head within chunk)`
+    /// for each complete head, which returns the body length (`None` = framing lost).
+    fn feed(&mut self, chunk: &[u8], mut on_head: impl FnMut(&[u8], usize) -> Option<u64>) {
+        let mut i = 0;
+        while i < chunk.len() {
+            match self {
+                Framing::Lost => return,
+                Framing::Body(rem) => {
+                    let k = (*rem).min((chunk.len() - i) as u64);
+                    *rem -= k;
+                    i += k as usize;
+                    if *rem == 0 {
+                        *self = Framing::Head(Vec::new());
+                    }
+                }
+                Framing::Head(buf) => {
+                    buf.push(chunk[i]);
+                    i += 1;
+                    if buf.len() > 64 * 1024 {
+                        *self = Framing::Lost;
+                    } else if buf.ends_with(b"\r\n\r\n") {
+                        let head = std::mem::take(buf);
+                        *self = match on_head(&head, i) {
+                            None => Framing::Lost,
+                            Some(0) => Framing::Head(Vec::new()),
+                            Some(n) => Framing::Body(n),
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Client → upstream, untouched; notes each request's method (HEAD or not).
+async fn pump_requests(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, requests: Arc<Mutex<Requests>>) {
     let mut buf = vec![0u8; 16 * 1024];
+    let mut framing = Framing::Head(Vec::new());
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        {
-            let mut g = first_is_head.lock().unwrap();
-            if g.is_none() {
-                *g = Some(buf[..n].starts_with(b"HEAD "));
+        framing.feed(&buf[..n], |head, _| {
+            let h = parse_head(head);
+            let mut r = requests.lock().unwrap();
+            r.methods.push_back(head.starts_with(b"HEAD "));
+            if h.chunked {
+                r.lost = true;
+                return None;
             }
-        }
+            Some(h.length.unwrap_or(0))
+        });
         if to.write_all(&buf[..n]).await.is_err() {
             break;
         }
@@ -358,67 +423,90 @@ async fn pump_requests(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, first_is
     let _ = to.shutdown().await;
 }
 
-/// Upstream → client with the connection's fault. Returns when either side is done.
+/// Upstream → client with the connection's faults. Returns when either side is done.
 async fn pump_responses(
     from: &mut OwnedReadHalf,
     to: &mut OwnedWriteHalf,
-    plan: Option<Plan>,
     ctl: &ProxyControl,
-    first_is_head: &Mutex<Option<bool>>,
+    requests: &Mutex<Requests>,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut sent = 0u64; // response bytes forwarded so far
-    let mut fired = false;
-    let mut head = Vec::new(); // the first response's head, while looking for its end
-    let mut flip = FlipTarget::default();
-    let mut rng = StdRng::seed_from_u64(plan.as_ref().map_or(0, |p| p.seed));
+    let mut epoch_end = 0u64;
+    let mut plan: Option<Plan> = None;
+    let mut framing = Framing::Head(Vec::new());
+    let mut flips: Vec<u64> = Vec::new(); // absolute offsets still to flip
+    let mut trickle_left = 0u64;
+    let mut generation = u64::MAX;
     loop {
+        let g = ctl.generation.load(Ordering::SeqCst);
+        if g != generation {
+            // Switched or reconfigured: a new stretch starts now under the new settings.
+            generation = g;
+            plan = None;
+            trickle_left = 0;
+            epoch_end = sent;
+        }
+        if sent >= epoch_end {
+            if plan.is_none() {
+                plan = ctl.draw(sent);
+            }
+            epoch_end = sent + ctl.config().max_offset.max(1);
+        }
         let n = from.read(&mut buf).await?;
         if n == 0 {
             return to.shutdown().await;
         }
         let chunk = &mut buf[..n];
-        let Some(p) = plan.as_ref().filter(|_| !fired && ctl.enabled()) else {
-            to.write_all(chunk).await?;
+        framing.feed(chunk, |head, after| {
+            let h = parse_head(head);
+            let is_head = {
+                let mut r = requests.lock().unwrap();
+                if r.lost {
+                    return None;
+                }
+                r.methods.pop_front()?
+            };
+            if h.status < 200 || h.chunked {
+                return None;
+            }
+            let len = if is_head || h.status == 204 || h.status == 304 {
+                0
+            } else {
+                h.length?
+            };
+            let file_bytes = (h.status == 200 || h.status == 206) && !h.textual && len > 0;
+            if file_bytes && let Some(at) = ctl.draw_flip(len) {
+                flips.push(sent + after as u64 + at);
+            }
+            Some(len)
+        });
+        if ctl.enabled() {
+            flips.retain(|&at| {
+                if at >= sent && at < sent + n as u64 {
+                    chunk[(at - sent) as usize] ^= 0xff;
+                    ctl.count(FaultKind::Flip);
+                    false
+                } else {
+                    at >= sent
+                }
+            });
+        } else {
+            flips.clear();
+        }
+        let fire = plan.as_ref().filter(|p| p.at < sent + n as u64 && ctl.enabled()).cloned();
+        let Some(p) = fire else {
+            if plan.as_ref().is_some_and(|p| p.at < sent + n as u64) {
+                plan = None; // switched off meanwhile
+            }
+            emit(to, chunk, &mut trickle_left, ctl).await?;
             sent += n as u64;
             continue;
         };
-        if p.kind == FaultKind::Flip {
-            if !flip.decided {
-                head.extend_from_slice(&chunk[..chunk.len().min(64 * 1024)]);
-                let is_head = first_is_head.lock().unwrap().unwrap_or(false);
-                if let Some(end) = find_head_end(&head) {
-                    flip.decided = true;
-                    flip.at = flip_offset(&head[..end], is_head, p.at).map(|o| end as u64 + o);
-                } else if head.len() >= 64 * 1024 {
-                    flip.decided = true;
-                }
-            }
-            if let Some(at) = flip.at
-                && at >= sent
-                && at < sent + n as u64
-            {
-                chunk[(at - sent) as usize] ^= 0xff;
-                ctl.count(FaultKind::Flip);
-                fired = true;
-            }
-            to.write_all(chunk).await?;
-            sent += n as u64;
-            if flip.decided && flip.at.is_none() {
-                fired = true; // nothing to flip on this connection
-            }
-            continue;
-        }
-        if p.at >= sent + n as u64 {
-            to.write_all(chunk).await?;
-            sent += n as u64;
-            continue;
-        }
-        // The fault fires inside this chunk.
-        let cut = (p.at - sent.min(p.at)) as usize;
-        to.write_all(&chunk[..cut]).await?;
+        plan = None;
+        let cut = (p.at.max(sent) - sent) as usize;
+        emit(to, &chunk[..cut], &mut trickle_left, ctl).await?;
         sent += cut as u64;
-        fired = true;
         let rest = &chunk[cut..];
         match p.kind {
             FaultKind::Reset => {
@@ -434,73 +522,66 @@ async fn pump_responses(
             FaultKind::Stall => {
                 ctl.count(FaultKind::Stall);
                 tokio::time::sleep(p.stall).await;
-                to.write_all(rest).await?;
-                sent += rest.len() as u64;
             }
             FaultKind::Trickle => {
                 ctl.count(FaultKind::Trickle);
-                let mut budget = p.trickle_bytes;
-                let mut pending: Vec<u8> = rest.to_vec();
-                loop {
-                    while !pending.is_empty() {
-                        if budget == 0 || !ctl.enabled() {
-                            to.write_all(&pending).await?;
-                            sent += pending.len() as u64;
-                            pending.clear();
-                            break;
-                        }
-                        let k = rng.random_range(1..=64usize).min(pending.len()).min(budget as usize);
-                        to.write_all(&pending[..k]).await?;
-                        to.flush().await?;
-                        pending.drain(..k);
-                        sent += k as u64;
-                        budget -= k as u64;
-                        tokio::time::sleep(p.trickle_delay).await;
-                    }
-                    if budget == 0 || !ctl.enabled() {
-                        break;
-                    }
-                    let n = from.read(&mut buf).await?;
-                    if n == 0 {
-                        return to.shutdown().await;
-                    }
-                    pending.extend_from_slice(&buf[..n]);
-                }
+                trickle_left = ctl.config().trickle_bytes;
             }
-            FaultKind::Flip => unreachable!("handled above"),
+            FaultKind::Flip => unreachable!("flips are drawn per response"),
         }
+        emit(to, rest, &mut trickle_left, ctl).await?;
+        sent += rest.len() as u64;
     }
 }
 
-/// Length of the head (status line + headers + `\r\n\r\n`), once complete.
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+/// Writes `data`, dribbling the first `trickle_left` bytes out in small delayed pieces.
+async fn emit(to: &mut OwnedWriteHalf, mut data: &[u8], trickle_left: &mut u64, ctl: &ProxyControl) -> std::io::Result<()> {
+    let delay = Duration::from_millis(ctl.config().trickle_delay_ms);
+    while !data.is_empty() && *trickle_left > 0 && ctl.enabled() {
+        let k = ctl.piece().min(data.len()).min(*trickle_left as usize);
+        to.write_all(&data[..k]).await?;
+        to.flush().await?;
+        data = &data[k..];
+        *trickle_left -= k as u64;
+        tokio::time::sleep(delay).await;
+    }
+    to.write_all(data).await
 }
 
-/// Where in the first response's body to flip (`draw mod Content-Length`), or `None` when that
-/// response is not a body of file bytes with a known length.
-fn flip_offset(head: &[u8], is_head_request: bool, draw: u64) -> Option<u64> {
-    if is_head_request {
-        return None;
-    }
-    let text = std::str::from_utf8(head).ok()?;
+/// What a message head says about its framing and content.
+#[derive(Debug, Default, PartialEq)]
+struct Head {
+    /// Status of a response (0 for a request or an unparsable line).
+    status: u16,
+    length: Option<u64>,
+    chunked: bool,
+    /// JSON, HTML, XML or text: metadata, not file bytes.
+    textual: bool,
+}
+
+fn parse_head(head: &[u8]) -> Head {
+    let text = String::from_utf8_lossy(head);
     let mut lines = text.split("\r\n");
-    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    if status != 200 && status != 206 {
-        return None;
-    }
-    let mut len = None;
+    let first = lines.next().unwrap_or_default();
+    let mut h = Head {
+        status: if first.starts_with("HTTP/") {
+            first.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+        } else {
+            0
+        },
+        ..Head::default()
+    };
     for l in lines {
         let Some((k, v)) = l.split_once(':') else { continue };
         let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
         match k.as_str() {
-            "content-length" => len = v.parse::<u64>().ok(),
-            "transfer-encoding" if v.contains("chunked") => return None,
-            "content-type" if ["json", "html", "xml", "text/"].iter().any(|t| v.contains(t)) => return None,
+            "content-length" => h.length = v.parse().ok(),
+            "transfer-encoding" => h.chunked = v.contains("chunked"),
+            "content-type" => h.textual = ["json", "html", "xml", "text/"].iter().any(|t| v.contains(t)),
             _ => {}
         }
     }
-    len.filter(|&l| l > 0).map(|l| draw % l)
+    h
 }
 
 /// `fetchfs emulate proxy`: runs until Ctrl-C / SIGTERM, printing the counters at exit.
@@ -563,30 +644,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flips_only_inside_a_binary_body_of_known_length() {
-        let h = b"HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\nContent-Type: application/octet-stream\r\n\r\n";
-        assert_eq!(flip_offset(h, false, 23), Some(3));
-        assert_eq!(flip_offset(h, true, 23), None, "a HEAD answer has no body");
-        let json = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\ncontent-type: application/json\r\n\r\n";
-        assert_eq!(flip_offset(json, false, 1), None);
-        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
-        assert_eq!(flip_offset(chunked, false, 1), None);
-        let err = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 10\r\n\r\n";
-        assert_eq!(flip_offset(err, false, 1), None);
-        assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\na: b\r\n\r\nxyz"), Some(25));
+    fn heads_tell_framing_and_content() {
+        let h = parse_head(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\nContent-Type: application/octet-stream\r\n\r\n");
+        assert_eq!((h.status, h.length, h.chunked, h.textual), (206, Some(10), false, false));
+        let j = parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-type: application/json\r\n\r\n");
+        assert!(j.textual);
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").chunked);
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").status, 0);
+    }
+
+    #[test]
+    fn framing_follows_keep_alive_responses() {
+        let stream = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 206 X\r\nContent-Length: 2\r\n\r\nde";
+        let mut f = Framing::Head(Vec::new());
+        let mut heads = Vec::new();
+        // Fed in odd pieces: head boundaries are found wherever they fall.
+        let mut base = 0;
+        for piece in stream.chunks(7) {
+            f.feed(piece, |h, after| {
+                heads.push((parse_head(h).status, base + after));
+                parse_head(h).length
+            });
+            base += piece.len();
+        }
+        assert_eq!(heads, vec![(200, 38), (206, 78)]);
+        assert!(matches!(f, Framing::Head(ref b) if b.is_empty()));
     }
 
     #[test]
     fn rates_pick_kinds_and_off_means_none() {
         let ctl = ProxyControl::new(ProxyConfig {
             reset_rate: 0.5,
-            flip_rate: 0.5,
+            truncate_rate: 0.5,
             ..ProxyConfig::default()
         });
-        let kinds: Vec<_> = (0..200).map(|_| ctl.draw().map(|p| p.kind)).collect();
-        assert!(kinds.iter().all(|k| matches!(k, Some(FaultKind::Reset | FaultKind::Flip))));
-        assert!(kinds.contains(&Some(FaultKind::Reset)) && kinds.contains(&Some(FaultKind::Flip)));
+        let kinds: Vec<_> = (0..200).map(|_| ctl.draw(0).map(|p| p.kind)).collect();
+        assert!(kinds.iter().all(|k| matches!(k, Some(FaultKind::Reset | FaultKind::Truncate))));
+        assert!(kinds.contains(&Some(FaultKind::Reset)) && kinds.contains(&Some(FaultKind::Truncate)));
         ctl.set_enabled(false);
-        assert!((0..50).all(|_| ctl.draw().is_none()));
+        assert!((0..50).all(|_| ctl.draw(0).is_none()));
     }
 }
