@@ -28,8 +28,10 @@
 //!   stream into responses the same way (no body for a `HEAD`, 204 or 304). Only bodies of
 //!   `200`/`206` answers with a `Content-Length` and a non-textual content type are flipped
 //!   (JSON, HTML, XML and text bodies are metadata, not file bytes), at a drawn offset inside
-//!   that body. When the framing cannot be followed (a chunked message, a response without a
-//!   length, a 1xx) the proxy stops flipping on that connection rather than risk a header byte.
+//!   that body; chunked bodies are followed chunk by chunk (size lines and CRLFs are framing
+//!   and never flipped; a flip is drawn per chunk, at most one per response). When the framing
+//!   cannot be followed (a response without a length that is not chunked, a 1xx, a bad chunk
+//!   size) the proxy stops flipping on that connection rather than risk a header byte.
 //!
 //! A fault is counted when it actually happens (a stretch that ends before N is not damaged and
 //! not counted). Faults are switched on and off at run time ([`ProxyControl::set_enabled`]; the
@@ -354,43 +356,100 @@ async fn forward(client: TcpStream, up: TcpStream, ctl: Arc<ProxyControl>) {
 }
 
 /// Splits a byte stream into HTTP/1.1 messages: a head up to `\r\n\r\n`, then a body of
-/// `Content-Length` bytes. `Lost` once the framing cannot be followed.
+/// `Content-Length` bytes or in chunks (`SIZE\r\n DATA \r\n` … `0\r\n` trailers `\r\n`).
+/// `Lost` once the framing cannot be followed.
 #[derive(Debug)]
 enum Framing {
     Head(Vec<u8>),
     Body(u64),
+    /// A chunk-size line being read.
+    ChunkSize(Vec<u8>),
+    ChunkData(u64),
+    /// The CRLF after a chunk's data (bytes left).
+    ChunkEnd(u8),
+    /// Trailer lines after the last chunk, until an empty line.
+    Trailer(Vec<u8>),
     Lost,
 }
 
+/// How the body after a head is framed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum BodyKind {
+    Length(u64),
+    Chunked,
+}
+
+/// Something the framing found, with the offset within the fed chunk where it ends.
+enum Event<'a> {
+    /// A complete head; the answer says how its body is framed (`None` = framing lost).
+    Head(&'a [u8], usize),
+    /// The data of a chunk of this many bytes starts here.
+    Chunk(u64, usize),
+}
+
 impl Framing {
-    /// Feeds `chunk`; calls `on_head(head, offset of the byte after the head within chunk)`
-    /// for each complete head, which returns the body length (`None` = framing lost).
-    fn feed(&mut self, chunk: &[u8], mut on_head: impl FnMut(&[u8], usize) -> Option<u64>) {
+    fn feed(&mut self, chunk: &[u8], mut on: impl FnMut(Event) -> Option<BodyKind>) {
         let mut i = 0;
         while i < chunk.len() {
             match self {
                 Framing::Lost => return,
-                Framing::Body(rem) => {
+                Framing::Body(rem) | Framing::ChunkData(rem) => {
                     let k = (*rem).min((chunk.len() - i) as u64);
                     *rem -= k;
                     i += k as usize;
                     if *rem == 0 {
-                        *self = Framing::Head(Vec::new());
+                        *self = match self {
+                            Framing::Body(_) => Framing::Head(Vec::new()),
+                            _ => Framing::ChunkEnd(2),
+                        };
                     }
                 }
-                Framing::Head(buf) => {
+                Framing::ChunkEnd(left) => {
+                    *left -= 1;
+                    i += 1;
+                    if *left == 0 {
+                        *self = Framing::ChunkSize(Vec::new());
+                    }
+                }
+                Framing::Head(buf) | Framing::ChunkSize(buf) | Framing::Trailer(buf) => {
                     buf.push(chunk[i]);
                     i += 1;
                     if buf.len() > 64 * 1024 {
                         *self = Framing::Lost;
-                    } else if buf.ends_with(b"\r\n\r\n") {
-                        let head = std::mem::take(buf);
-                        *self = match on_head(&head, i) {
-                            None => Framing::Lost,
-                            Some(0) => Framing::Head(Vec::new()),
-                            Some(n) => Framing::Body(n),
-                        };
+                        continue;
                     }
+                    let done = match self {
+                        Framing::Head(b) => b.ends_with(b"\r\n\r\n"),
+                        Framing::ChunkSize(b) => b.ends_with(b"\r\n"),
+                        Framing::Trailer(b) => b.ends_with(b"\r\n"),
+                        _ => false,
+                    };
+                    if !done {
+                        continue;
+                    }
+                    *self = match std::mem::replace(self, Framing::Lost) {
+                        Framing::Head(head) => match on(Event::Head(&head, i)) {
+                            None => Framing::Lost,
+                            Some(BodyKind::Length(0)) => Framing::Head(Vec::new()),
+                            Some(BodyKind::Length(n)) => Framing::Body(n),
+                            Some(BodyKind::Chunked) => Framing::ChunkSize(Vec::new()),
+                        },
+                        Framing::ChunkSize(line) => {
+                            let text = String::from_utf8_lossy(&line);
+                            let size = text.trim().split(';').next().unwrap_or("");
+                            match u64::from_str_radix(size.trim(), 16) {
+                                Err(_) => Framing::Lost,
+                                Ok(0) => Framing::Trailer(Vec::new()),
+                                Ok(n) => {
+                                    on(Event::Chunk(n, i));
+                                    Framing::ChunkData(n)
+                                }
+                            }
+                        }
+                        Framing::Trailer(line) if line == b"\r\n" => Framing::Head(Vec::new()),
+                        Framing::Trailer(_) => Framing::Trailer(Vec::new()),
+                        other => other,
+                    };
                 }
             }
         }
@@ -406,16 +465,19 @@ async fn pump_requests(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, requests
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        framing.feed(&buf[..n], |head, _| {
+        framing.feed(&buf[..n], |ev| {
+            let Event::Head(head, _) = ev else { return None };
             let h = parse_head(head);
             let mut r = requests.lock().unwrap();
             r.methods.push_back(head.starts_with(b"HEAD "));
             if h.chunked {
-                r.lost = true;
-                return None;
+                return Some(BodyKind::Chunked);
             }
-            Some(h.length.unwrap_or(0))
+            Some(BodyKind::Length(h.length.unwrap_or(0)))
         });
+        if matches!(framing, Framing::Lost) {
+            requests.lock().unwrap().lost = true;
+        }
         if to.write_all(&buf[..n]).await.is_err() {
             break;
         }
@@ -436,6 +498,7 @@ async fn pump_responses(
     let mut plan: Option<Plan> = None;
     let mut framing = Framing::Head(Vec::new());
     let mut flips: Vec<u64> = Vec::new(); // absolute offsets still to flip
+    let mut flippable = false; // the chunked body being read may still get a flip
     let mut trickle_left = 0u64;
     let mut generation = u64::MAX;
     loop {
@@ -458,28 +521,41 @@ async fn pump_responses(
             return to.shutdown().await;
         }
         let chunk = &mut buf[..n];
-        framing.feed(chunk, |head, after| {
-            let h = parse_head(head);
-            let is_head = {
-                let mut r = requests.lock().unwrap();
-                if r.lost {
+        framing.feed(chunk, |ev| match ev {
+            Event::Head(head, after) => {
+                let h = parse_head(head);
+                let is_head = {
+                    let mut r = requests.lock().unwrap();
+                    if r.lost {
+                        return None;
+                    }
+                    r.methods.pop_front()?
+                };
+                if h.status < 200 {
                     return None;
                 }
-                r.methods.pop_front()?
-            };
-            if h.status < 200 || h.chunked {
-                return None;
+                flippable = (h.status == 200 || h.status == 206) && !h.textual;
+                if is_head || h.status == 204 || h.status == 304 {
+                    return Some(BodyKind::Length(0));
+                }
+                if h.chunked {
+                    return Some(BodyKind::Chunked);
+                }
+                let len = h.length?;
+                if flippable && len > 0 && let Some(at) = ctl.draw_flip(len) {
+                    flips.push(sent + after as u64 + at);
+                }
+                flippable = false;
+                Some(BodyKind::Length(len))
             }
-            let len = if is_head || h.status == 204 || h.status == 304 {
-                0
-            } else {
-                h.length?
-            };
-            let file_bytes = (h.status == 200 || h.status == 206) && !h.textual && len > 0;
-            if file_bytes && let Some(at) = ctl.draw_flip(len) {
-                flips.push(sent + after as u64 + at);
+            Event::Chunk(len, after) => {
+                // Chunked bodies: a flip drawn per chunk, at most one per response.
+                if flippable && let Some(at) = ctl.draw_flip(len) {
+                    flips.push(sent + after as u64 + at);
+                    flippable = false;
+                }
+                None
             }
-            Some(len)
         });
         if ctl.enabled() {
             flips.retain(|&at| {
@@ -655,19 +731,29 @@ mod tests {
 
     #[test]
     fn framing_follows_keep_alive_responses() {
-        let stream = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 206 X\r\nContent-Length: 2\r\n\r\nde";
+        let stream = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 206 X\r\nContent-Length: 2\r\n\r\nde\
+            HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\nHTTP/1.1 204 N\r\n\r\n";
         let mut f = Framing::Head(Vec::new());
         let mut heads = Vec::new();
+        let mut chunks = Vec::new();
         // Fed in odd pieces: head boundaries are found wherever they fall.
         let mut base = 0;
         for piece in stream.chunks(7) {
-            f.feed(piece, |h, after| {
-                heads.push((parse_head(h).status, base + after));
-                parse_head(h).length
+            f.feed(piece, |ev| match ev {
+                Event::Head(h, after) => {
+                    heads.push((parse_head(h).status, base + after));
+                    let h = parse_head(h);
+                    Some(if h.chunked { BodyKind::Chunked } else { BodyKind::Length(h.length.unwrap_or(0)) })
+                }
+                Event::Chunk(n, after) => {
+                    chunks.push((n, base + after));
+                    None
+                }
             });
             base += piece.len();
         }
-        assert_eq!(heads, vec![(200, 38), (206, 78)]);
+        assert_eq!(heads, vec![(200, 38), (206, 78), (200, 127), (204, 165)]);
+        assert_eq!(chunks, vec![(10, 130)]);
         assert!(matches!(f, Framing::Head(ref b) if b.is_empty()));
     }
 
