@@ -542,7 +542,10 @@ async fn pump_responses(
                     return Some(BodyKind::Chunked);
                 }
                 let len = h.length?;
-                if flippable && len > 0 && let Some(at) = ctl.draw_flip(len) {
+                if flippable
+                    && len > 0
+                    && let Some(at) = ctl.draw_flip(len)
+                {
                     flips.push(sent + after as u64 + at);
                 }
                 flippable = false;
@@ -570,7 +573,10 @@ async fn pump_responses(
         } else {
             flips.clear();
         }
-        let fire = plan.as_ref().filter(|p| p.at < sent + n as u64 && ctl.enabled()).cloned();
+        let fire = plan
+            .as_ref()
+            .filter(|p| p.at < sent + n as u64 && ctl.enabled())
+            .cloned();
         let Some(p) = fire else {
             if plan.as_ref().is_some_and(|p| p.at < sent + n as u64) {
                 plan = None; // switched off meanwhile
@@ -611,7 +617,12 @@ async fn pump_responses(
 }
 
 /// Writes `data`, dribbling the first `trickle_left` bytes out in small delayed pieces.
-async fn emit(to: &mut OwnedWriteHalf, mut data: &[u8], trickle_left: &mut u64, ctl: &ProxyControl) -> std::io::Result<()> {
+async fn emit(
+    to: &mut OwnedWriteHalf,
+    mut data: &[u8],
+    trickle_left: &mut u64,
+    ctl: &ProxyControl,
+) -> std::io::Result<()> {
     let delay = Duration::from_millis(ctl.config().trickle_delay_ms);
     while !data.is_empty() && *trickle_left > 0 && ctl.enabled() {
         let k = ctl.piece().min(data.len()).min(*trickle_left as usize);
@@ -721,8 +732,13 @@ mod tests {
 
     #[test]
     fn heads_tell_framing_and_content() {
-        let h = parse_head(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\nContent-Type: application/octet-stream\r\n\r\n");
-        assert_eq!((h.status, h.length, h.chunked, h.textual), (206, Some(10), false, false));
+        let h = parse_head(
+            b"HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\nContent-Type: application/octet-stream\r\n\r\n",
+        );
+        assert_eq!(
+            (h.status, h.length, h.chunked, h.textual),
+            (206, Some(10), false, false)
+        );
         let j = parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-type: application/json\r\n\r\n");
         assert!(j.textual);
         assert!(parse_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").chunked);
@@ -743,7 +759,11 @@ mod tests {
                 Event::Head(h, after) => {
                     heads.push((parse_head(h).status, base + after));
                     let h = parse_head(h);
-                    Some(if h.chunked { BodyKind::Chunked } else { BodyKind::Length(h.length.unwrap_or(0)) })
+                    Some(if h.chunked {
+                        BodyKind::Chunked
+                    } else {
+                        BodyKind::Length(h.length.unwrap_or(0))
+                    })
                 }
                 Event::Chunk(n, after) => {
                     chunks.push((n, base + after));
@@ -765,7 +785,11 @@ mod tests {
             ..ProxyConfig::default()
         });
         let kinds: Vec<_> = (0..200).map(|_| ctl.draw(0).map(|p| p.kind)).collect();
-        assert!(kinds.iter().all(|k| matches!(k, Some(FaultKind::Reset | FaultKind::Truncate))));
+        assert!(
+            kinds
+                .iter()
+                .all(|k| matches!(k, Some(FaultKind::Reset | FaultKind::Truncate)))
+        );
         assert!(kinds.contains(&Some(FaultKind::Reset)) && kinds.contains(&Some(FaultKind::Truncate)));
         ctl.set_enabled(false);
         assert!((0..50).all(|_| ctl.draw(0).is_none()));
