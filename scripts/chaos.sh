@@ -15,7 +15,7 @@
 # Needs root and /dev/fuse (it mounts). Leaves no mount behind (the test's guards unmount).
 set -euo pipefail
 
-secs=180 providers=http,b2,onedata,smh,doris,huawei readers=12 files=25 rate=2 seed=8
+secs=180 providers=http,b2,onedata,smh,doris,huawei readers=12 files=15 rate=1.5 seed=8
 while getopts "t:p:r:f:x:s:h" o; do
     case $o in
         t) secs=$OPTARG ;;
