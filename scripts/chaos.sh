@@ -15,7 +15,7 @@
 # Needs root and /dev/fuse (it mounts). Leaves no mount behind (the test's guards unmount).
 set -euo pipefail
 
-secs=180 providers=http,b2,onedata,smh,doris,huawei readers=12 files=15 rate=1.5 seed=8
+secs=180 providers=http,b2,onedata,smh,doris,huawei readers=8 files=10 rate=1 seed=8
 while getopts "t:p:r:f:x:s:h" o; do
     case $o in
         t) secs=$OPTARG ;;
@@ -35,7 +35,7 @@ cargo test --release --test faults --no-run 2>&1 | tail -1
 log=$(mktemp /tmp/fetchfs-chaos.XXXXXX.log)
 echo "== chaos: ${secs}s over $providers, $readers readers, $files files per dir, rates x$rate, seed $seed (log: $log)"
 # The test bounds itself; this outer limit only catches a suite that hangs as a whole.
-limit=$((secs + 300))
+limit=$((secs * 2 + 300))
 set +e
 CHAOS_SECONDS=$secs CHAOS_PROVIDERS=$providers CHAOS_READERS=$readers CHAOS_FILES=$files \
 CHAOS_RATE=$rate CHAOS_SEED=$seed \
@@ -72,7 +72,7 @@ if grep -q "contract violations" "$log"; then
 fi
 bad=$(awk '/^wrong bytes|^hangs|^daemons died/ { s += $NF } END { print s + 0 }' "$log.summary")
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-    echo "FAIL: the run did not finish within ${limit}s (a hang)"
+    echo "FAIL: the run did not finish within ${limit}s (overran its bound; a hung read would show as a HANG line above)"
     exit 1
 fi
 if [ "$rc" -ne 0 ] || [ "$bad" -ne 0 ]; then

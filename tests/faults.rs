@@ -815,17 +815,17 @@ fn chaos_all_providers() {
     let total = env("CHAOS_SECONDS", 180);
     let knobs = Knobs {
         dirs: 4,
-        files_per_dir: env("CHAOS_FILES", 15) as usize,
+        files_per_dir: env("CHAOS_FILES", 10) as usize,
         max_size: 600_000,
         big: 8 << 20,
         flip_files: 20,
-        readers: env("CHAOS_READERS", 12) as usize,
+        readers: env("CHAOS_READERS", 8) as usize,
         // Each provider's transport phase gets its share, minus time for mount and recovery.
         read_for: Duration::from_secs((total / providers.len().max(1) as u64).saturating_sub(15).max(5)),
         rate: std::env::var("CHAOS_RATE")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(1.5),
+            .unwrap_or(1.0),
         fail_every: 7,
         seed: env("CHAOS_SEED", 8),
     };
