@@ -130,7 +130,7 @@ impl Tally {
             v.push(p);
         }
     }
-    fn timed<T>(&self, what: &str, f: impl FnOnce() -> T) -> T {
+    fn timed<T>(&self, what: &str, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
         let t = Instant::now();
         let out = f();
         let d = t.elapsed();
@@ -138,7 +138,11 @@ impl Tally {
             *self.slowest.lock().unwrap() = what.to_string();
         }
         if d > BOUND {
-            self.problem(format!("{what} took {d:?}, over the bound {BOUND:?}"));
+            let result = match &out {
+                Ok(_) => "succeeded".to_string(),
+                Err(e) => format!("failed: {e}"),
+            };
+            self.problem(format!("{what} took {d:?}, over the bound {BOUND:?} ({result})"));
         }
         out
     }
