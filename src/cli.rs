@@ -156,6 +156,8 @@ pub enum EmulateProvider {
         #[command(flatten)]
         args: crate::emulate::smh::EmuArgs,
     },
+    /// TCP fault proxy in front of an emulator: resets, stalls, trickles, truncates, flips.
+    Proxy(crate::emulate::proxy::ProxyArgs),
 }
 
 impl EmulateProvider {
@@ -200,6 +202,7 @@ impl EmulateProvider {
                 let emu = crate::emulate::smh::router(&common.root, args.into());
                 ("smh", common.port, emu.router, emu.harness)
             }
+            EmulateProvider::Proxy(_) => return Err("the fault proxy is not an emulator".into()),
         })
     }
 }

@@ -76,6 +76,9 @@ fn mount(args: &fetchfs::cli::MountArgs, argv: &[std::ffi::OsString]) -> Result<
 }
 
 fn emulate(p: &EmulateProvider) -> Result<(), String> {
+    if let EmulateProvider::Proxy(args) = p {
+        return fetchfs::emulate::proxy::run(args);
+    }
     let (name, port, router, harness) = p.build()?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     rt.block_on(async {

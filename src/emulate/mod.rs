@@ -17,6 +17,7 @@ pub mod doris;
 pub mod http;
 pub mod huawei;
 pub mod onedata;
+pub mod proxy;
 pub mod smh;
 
 use std::collections::BTreeMap;
@@ -66,6 +67,7 @@ pub struct Faults {
     spec: Mutex<FaultSpec>,
     seen: AtomicU64,
     resets_done: AtomicU64,
+    injected: AtomicU64,
 }
 
 impl Faults {
@@ -78,6 +80,10 @@ impl Faults {
     }
     pub fn get(&self) -> FaultSpec {
         self.spec.lock().unwrap().clone()
+    }
+    /// Error statuses answered so far (`fail_next` + `fail_every`), never reset.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::SeqCst)
     }
 }
 
@@ -174,6 +180,7 @@ async fn inject(State((h, error_body)): State<(Harness, ErrorBody)>, req: Reques
         }
     }) || (spec.fail_every > 0 && n % spec.fail_every == 0);
     if fail {
+        h.faults.injected.fetch_add(1, Ordering::SeqCst);
         let status = if spec.error_status == 0 { 503 } else { spec.error_status };
         let (body, ctype) = error_body(status);
         let mut resp = (
