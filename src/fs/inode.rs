@@ -40,7 +40,8 @@ pub struct Node {
     pub listing: Option<Arc<Listing>>,
     /// Validator whose pages the kernel may hold (we replied FOPEN_KEEP_CACHE or served reads).
     pub kernel_validator: Option<String>,
-    /// Validator of a version that failed its checksum: every read of it fails with EIO.
+    /// Validator of a version that failed its checksum: reads of it through the handles open
+    /// at the time fail with EIO; the next open clears it and downloads the file afresh.
     pub bad_version: Option<String>,
 }
 
