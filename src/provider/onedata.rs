@@ -533,12 +533,12 @@ impl SpaceInfo {
 /// `{"children": [...], "isLast": bool, "nextPageToken": string|null}`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Page {
+pub(crate) struct Page {
     #[serde(default)]
-    children: Vec<Value>,
+    pub(crate) children: Vec<Value>,
     #[serde(default)]
-    is_last: bool,
-    next_page_token: Option<String>,
+    pub(crate) is_last: bool,
+    pub(crate) next_page_token: Option<String>,
 }
 
 /// The attributes of one file, from either naming style.
@@ -579,7 +579,7 @@ impl Attrs {
     }
 
     /// The mount's view of these attributes; `space_id` is shown as an xattr.
-    fn entry(&self, space_id: &str) -> Entry {
+    pub(crate) fn entry(&self, space_id: &str) -> Entry {
         let kind = self.kind.unwrap_or(EntryKind::File);
         let size = match kind {
             EntryKind::Symlink => self.symlink.as_ref().map(|s| s.len() as u64).or(self.size).unwrap_or(0),

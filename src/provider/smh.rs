@@ -308,18 +308,18 @@ fn loose_string<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<S
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct TokenResponse {
-    access_token: String,
+pub(crate) struct TokenResponse {
+    pub(crate) access_token: String,
     #[serde(default, deserialize_with = "loose_u64")]
-    expires_in: Option<u64>,
+    pub(crate) expires_in: Option<u64>,
 }
 
 /// One item of a listing, `?info` answer or history list (the fields we use).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Item {
+pub(crate) struct Item {
     #[serde(default)]
-    name: String,
+    pub(crate) name: String,
     #[serde(rename = "type", default)]
     kind: Option<String>,
     #[serde(default, deserialize_with = "loose_u64")]
@@ -352,23 +352,23 @@ struct Item {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Page {
+pub(crate) struct Page {
     #[serde(default)]
-    contents: Vec<Item>,
+    pub(crate) contents: Vec<Item>,
     #[serde(default, deserialize_with = "loose_string")]
-    next_marker: Option<String>,
+    pub(crate) next_marker: Option<String>,
 }
 
 /// An SMH error body `{code, message, requestId}` or a COS/gateway XML `<Error>`.
 #[derive(Debug, Default, Clone)]
-struct ErrorBody {
+pub(crate) struct ErrorBody {
     code: String,
     message: String,
     request_id: String,
 }
 
 impl ErrorBody {
-    fn parse(body: &[u8]) -> ErrorBody {
+    pub(crate) fn parse(body: &[u8]) -> ErrorBody {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Json {
@@ -433,7 +433,7 @@ impl ErrorBody {
     }
 
     /// The errno-level meaning (§3.8).
-    fn into_error(self, what: &str, status: StatusCode) -> SourceError {
+    pub(crate) fn into_error(self, what: &str, status: StatusCode) -> SourceError {
         let msg = format!("{what}: {}", self.describe(status));
         match (status.as_u16(), self.code.as_str()) {
             (_, "QuotaLimitReached") => SourceError::QuotaExceeded(msg),
@@ -563,7 +563,7 @@ fn meta_value(v: &serde_json::Value) -> String {
 }
 
 /// Turns a listing or `?info` item at `path` into an entry with handle `remote`.
-fn entry_of(item: &Item, name: &str, path: &str, remote: String) -> Entry {
+pub(crate) fn entry_of(item: &Item, name: &str, path: &str, remote: String) -> Entry {
     let kind = match item.kind.as_deref() {
         Some("dir") => EntryKind::Dir,
         Some("symlink") => EntryKind::Symlink,

@@ -604,7 +604,12 @@ fn collision_name(name: &str, taken: &std::collections::HashSet<String>) -> Stri
 
 /// Entries of one `delimiter=/` listing level under `prefix` (see the collision policy in the
 /// module docs). Adds the `.versions` view when asked.
-fn entries_from_listing(bucket_id: &str, prefix: &str, files: &[api::FileVersion], versions: bool) -> Vec<Entry> {
+pub(crate) fn entries_from_listing(
+    bucket_id: &str,
+    prefix: &str,
+    files: &[api::FileVersion],
+    versions: bool,
+) -> Vec<Entry> {
     use std::collections::HashSet;
     let mut dirs: Vec<Entry> = Vec::new();
     let mut dir_names = HashSet::new();
@@ -646,7 +651,7 @@ fn entries_from_listing(bucket_id: &str, prefix: &str, files: &[api::FileVersion
 }
 
 /// The file name of one version in the versions view.
-fn version_name(f: &api::FileVersion) -> String {
+pub(crate) fn version_name(f: &api::FileVersion) -> String {
     use sha1::Digest;
     let ts = humantime::format_rfc3339_millis(api::millis(f.upload_timestamp.unwrap_or(0)));
     let id_hash = sha1::Sha1::digest(f.file_id.as_deref().unwrap_or("").as_bytes());
