@@ -585,7 +585,10 @@ impl Attrs {
             EntryKind::Symlink => self.symlink.as_ref().map(|s| s.len() as u64).or(self.size).unwrap_or(0),
             _ => self.size.unwrap_or(0),
         };
-        let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(self.mtime.unwrap_or(0));
+        // A time SystemTime cannot hold (a hostile `mtime: 1e40`) shows as the epoch.
+        let mtime = SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(self.mtime.unwrap_or(0)))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         Entry {
             name: self.name.clone(),
             kind,
@@ -916,6 +919,16 @@ mod tests {
         assert_eq!(now, old);
         assert_eq!(now.mode, Some(0o644));
         assert_eq!(now.kind, Some(EntryKind::File));
+    }
+
+    #[test]
+    fn an_mtime_beyond_what_system_time_holds_shows_as_the_epoch() {
+        // Found by fuzzing (fuzz/fuzz_targets/onedata_json.rs): this panicked with
+        // "overflow when adding duration to instant".
+        for mtime in [json!(3.4e40), json!(u64::MAX), json!("18446744073709551615")] {
+            let a = Attrs::from_json(&json!({"fileId": "F", "name": "a", "type": "REG", "mtime": mtime})).unwrap();
+            assert_eq!(a.entry("S").mtime, SystemTime::UNIX_EPOCH);
+        }
     }
 
     #[test]

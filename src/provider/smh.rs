@@ -538,7 +538,8 @@ fn symlink_target(link_path: &str, link_to: &serde_json::Value) -> Option<String
         serde_json::Value::String(s) => s.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect(),
         _ => return None,
     };
-    if target.is_empty() {
+    // `.`/`..` in a target would resolve outside the mount (`["..", "..", "etc"]`).
+    if target.is_empty() || target.iter().any(|s| s == "." || s == "..") {
         return None;
     }
     let depth = link_path.split('/').filter(|s| !s.is_empty()).count().saturating_sub(1);
@@ -1120,6 +1121,14 @@ impl FileReader for SmhReader {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_link_target_with_dot_segments_is_refused_so_it_cannot_leave_the_mount() {
+        for t in [serde_json::json!(["..", "..", "etc", "passwd"]), serde_json::json!("a/../../x"), serde_json::json!(["."])] {
+            assert_eq!(symlink_target("dir/link", &t), None, "{t}");
+        }
+        assert_eq!(symlink_target("dir/link", &serde_json::json!(["a", "b"])).as_deref(), Some("../a/b"));
+    }
+
     use super::*;
 
     #[test]
