@@ -8,6 +8,7 @@
 # Works on the stable toolchain: `-s none` builds without a sanitizer, so no -Z flag (and no
 # nightly) is needed; libFuzzer's coverage instrumentation uses stable -C llvm-args. The code is
 # safe Rust, so AddressSanitizer would add little; debug assertions (integer overflow) are on.
+# JSON and TOML targets use the dictionaries in fuzz/dict/ (tokens, field names, huge numbers).
 # Needs cargo-fuzz (`cargo install cargo-fuzz`) and a C++ compiler (libFuzzer is built from C++).
 set -euo pipefail
 
@@ -46,11 +47,13 @@ for t in "${targets[@]}"; do
     log=$logs/$t.log
     touch "$log.start"
     start=$(date +%s)
+    dict=()
+    [ -e "$root/fuzz/dict/$t.dict" ] && dict=(-dict="$root/fuzz/dict/$t.dict")
     set +e
     # New inputs go to the scratch corpus; the committed seeds are only read.
     cargo fuzz run -s none "$t" "$work" "$root/fuzz/corpus/$t" -- \
         -max_total_time="$seconds" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
-        -artifact_prefix="$artifacts/" >"$log" 2>&1
+        -artifact_prefix="$artifacts/" "${dict[@]}" >"$log" 2>&1
     rc=$?
     set -e
     took=$(($(date +%s) - start))

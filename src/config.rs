@@ -81,8 +81,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let d = match t.parse::<u64>() {
         Ok(n) => Duration::from_secs(n),
-        Err(_) => humantime::parse_duration(t)
-            .map_err(|_| format!("'{s}' is not a duration (examples: 60s, 500ms, 5m)"))?,
+        Err(_) => {
+            humantime::parse_duration(t).map_err(|_| format!("'{s}' is not a duration (examples: 60s, 500ms, 5m)"))?
+        }
     };
     bounded(d, s)
 }
@@ -556,7 +557,10 @@ url = "http://127.0.0.1:8080/data/"
         assert!(parse_size("x").is_err());
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("10years").unwrap_err(), "'10years' is longer than 10 years");
+        assert_eq!(
+            parse_duration("10years").unwrap_err(),
+            "'10years' is longer than 10 years"
+        );
     }
 
     #[test]

@@ -1123,10 +1123,17 @@ impl FileReader for SmhReader {
 mod tests {
     #[test]
     fn a_link_target_with_dot_segments_is_refused_so_it_cannot_leave_the_mount() {
-        for t in [serde_json::json!(["..", "..", "etc", "passwd"]), serde_json::json!("a/../../x"), serde_json::json!(["."])] {
+        for t in [
+            serde_json::json!(["..", "..", "etc", "passwd"]),
+            serde_json::json!("a/../../x"),
+            serde_json::json!(["."]),
+        ] {
             assert_eq!(symlink_target("dir/link", &t), None, "{t}");
         }
-        assert_eq!(symlink_target("dir/link", &serde_json::json!(["a", "b"])).as_deref(), Some("../a/b"));
+        assert_eq!(
+            symlink_target("dir/link", &serde_json::json!(["a", "b"])).as_deref(),
+            Some("../a/b")
+        );
     }
 
     use super::*;
