@@ -68,7 +68,9 @@ impl<'de> Deserialize<'de> for Dur {
             S(String),
         }
         match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Dur(Duration::from_secs(n))),
+            Raw::N(n) => bounded(Duration::from_secs(n), &n.to_string())
+                .map(Dur)
+                .map_err(serde::de::Error::custom),
             Raw::S(s) => parse_duration(&s).map(Dur).map_err(serde::de::Error::custom),
         }
     }
@@ -77,10 +79,24 @@ impl<'de> Deserialize<'de> for Dur {
 /// Parses `"60s"`, `"1m 30s"`, `"250ms"`, `"0"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    if let Ok(n) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(n));
+    let d = match t.parse::<u64>() {
+        Ok(n) => Duration::from_secs(n),
+        Err(_) => {
+            humantime::parse_duration(t).map_err(|_| format!("'{s}' is not a duration (examples: 60s, 500ms, 5m)"))?
+        }
+    };
+    bounded(d, s)
+}
+
+/// Longest duration a setting may have: every timeout and TTL becomes an `Instant` deadline,
+/// and `now + 500 years` overflows it (found by fuzzing the config parser).
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86400);
+
+fn bounded(d: Duration, s: &str) -> Result<Duration, String> {
+    if d > MAX_DURATION {
+        return Err(format!("'{s}' is longer than 10 years"));
     }
-    humantime::parse_duration(t).map_err(|_| format!("'{s}' is not a duration (examples: 60s, 500ms, 5m)"))
+    Ok(d)
 }
 
 /// `[cache]`.
@@ -549,6 +565,22 @@ url = "http://127.0.0.1:8080/data/"
         assert!(parse_size("x").is_err());
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(
+            parse_duration("10years").unwrap_err(),
+            "'10years' is longer than 10 years"
+        );
+    }
+
+    #[test]
+    fn durations_too_long_to_be_a_deadline_are_refused() {
+        // Before the bound, these validated and the first request panicked computing
+        // `Instant::now() + io_timeout` ("overflow when adding duration to instant").
+        for v in ["9223372036854775807", "\"600000000years\"", "\"11y\""] {
+            let e = ConfigFile::parse(&format!("[network]\nio_timeout = {v}\n")).unwrap_err();
+            assert!(e.0.contains("longer than 10 years"), "{e}");
+        }
+        let ok = ConfigFile::parse("[metadata]\nttl = \"9y\"\n").unwrap();
+        assert!(ok.validate(Path::new(".")).is_ok());
     }
 
     #[test]

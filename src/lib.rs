@@ -9,6 +9,8 @@ pub mod emulate;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod helper;
 pub mod http;
 pub mod logging;

@@ -66,7 +66,8 @@ impl<T: Clone + Send> TokenCache<T> {
         let tok = Token {
             value,
             generation: st.generation,
-            expires: ttl.map(|t| Instant::now() + t),
+            // A lifetime too long for an Instant (a server's `expiresIn: 1e19`) never expires.
+            expires: ttl.and_then(|t| Instant::now().checked_add(t)),
         };
         st.current = Some(tok.clone());
         Ok(tok)
@@ -84,6 +85,18 @@ impl<T: Clone + Send> TokenCache<T> {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn a_lifetime_too_long_for_an_instant_means_no_expiry() {
+        let cache: super::TokenCache<u8> = super::TokenCache::new(std::time::Duration::from_secs(30));
+        for _ in 0..2 {
+            let t = cache
+                .get(|| async { Ok((1, Some(std::time::Duration::from_secs(u64::MAX)))) })
+                .await
+                .unwrap();
+            assert_eq!(t.generation, 1, "fetched once, then reused");
+        }
+    }
+
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};

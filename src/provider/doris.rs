@@ -103,7 +103,7 @@ pub struct SmallFile {
 
 /// Where a directory entry points (the `remote` of directories).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Dir {
+pub(crate) enum Dir {
     Root,
     ById,
     Db(String),
@@ -121,7 +121,7 @@ fn dec(s: &str) -> String {
 }
 
 impl Dir {
-    fn remote(&self) -> String {
+    pub(crate) fn remote(&self) -> String {
         match self {
             Dir::Root => "root".into(),
             Dir::ById => BY_ID.into(),
@@ -130,7 +130,7 @@ impl Dir {
         }
     }
 
-    fn parse(remote: &str) -> Option<Dir> {
+    pub(crate) fn parse(remote: &str) -> Option<Dir> {
         let parts: Vec<&str> = remote.split('/').collect();
         match parts.as_slice() {
             ["root"] => Some(Dir::Root),
@@ -501,7 +501,7 @@ pub struct DorisError {
 impl DorisError {
     /// ENOENT for "not found / not content" and unknown databases, EACCES for a refused token or
     /// login, EIO for the rest (never retried: the FE answers these deliberately).
-    fn into_source_error(self, what: &str) -> SourceError {
+    pub(crate) fn into_source_error(self, what: &str) -> SourceError {
         let lower = self.message.to_ascii_lowercase();
         let text = format!("{what}: {} (code {})", self.message, self.code);
         if lower.contains("not found") || lower.contains("not content") || lower.contains("unknown database") {
@@ -534,14 +534,14 @@ pub fn parse_error(body: &[u8]) -> Option<DorisError> {
     Some(DorisError { code, message })
 }
 
-enum QueryError {
+pub(crate) enum QueryError {
     Doris(DorisError),
     Garbage(String),
 }
 
 /// Parses `{"code":0,"data":{"type":"result_set","meta":[{"name":..}],"data":[[..]]}}` into rows
 /// keyed by lower-case column name (values of any JSON type rendered as strings).
-fn parse_result_set(body: &[u8]) -> Result<Vec<HashMap<String, String>>, QueryError> {
+pub(crate) fn parse_result_set(body: &[u8]) -> Result<Vec<HashMap<String, String>>, QueryError> {
     if let Some(e) = parse_error(body) {
         return Err(QueryError::Doris(e));
     }
@@ -588,7 +588,7 @@ fn parse_result_set(body: &[u8]) -> Result<Vec<HashMap<String, String>>, QueryEr
 }
 
 /// One `SHOW FILE` row (columns `Id, DbName, Catalog, FileName, FileSize, IsContent, MD5`).
-fn small_file(r: &HashMap<String, String>) -> Result<SmallFile, String> {
+pub(crate) fn small_file(r: &HashMap<String, String>) -> Result<SmallFile, String> {
     let get = |k: &str| r.get(k).cloned().ok_or_else(|| format!("no {k} column"));
     let size = get("filesize")?;
     Ok(SmallFile {

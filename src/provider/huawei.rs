@@ -464,7 +464,7 @@ impl Inner {
 }
 
 /// The token lifetime stated by IAM (`expires_at - issued_at`, or `expires_at - now`).
-fn token_lifetime(t: &Value) -> Option<Duration> {
+pub(crate) fn token_lifetime(t: &Value) -> Option<Duration> {
     let at = |k: &str| {
         t.get(k)
             .and_then(Value::as_str)
@@ -476,7 +476,7 @@ fn token_lifetime(t: &Value) -> Option<Duration> {
 }
 
 /// How long to keep a token of `lifetime`: 90 %, and at most [`MAX_RENEW_MARGIN`] less.
-fn keep_for(lifetime: Duration) -> Duration {
+pub(crate) fn keep_for(lifetime: Duration) -> Duration {
     lifetime.saturating_sub((lifetime / 10).min(MAX_RENEW_MARGIN))
 }
 

@@ -542,12 +542,12 @@ impl SpaceInfo {
 /// `{"children": [...], "isLast": bool, "nextPageToken": string|null}`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Page {
+pub(crate) struct Page {
     #[serde(default)]
-    children: Vec<Value>,
+    pub(crate) children: Vec<Value>,
     #[serde(default)]
-    is_last: bool,
-    next_page_token: Option<String>,
+    pub(crate) is_last: bool,
+    pub(crate) next_page_token: Option<String>,
 }
 
 /// The attributes of one file, from either naming style.
@@ -588,13 +588,16 @@ impl Attrs {
     }
 
     /// The mount's view of these attributes; `space_id` is shown as an xattr.
-    fn entry(&self, space_id: &str) -> Entry {
+    pub(crate) fn entry(&self, space_id: &str) -> Entry {
         let kind = self.kind.unwrap_or(EntryKind::File);
         let size = match kind {
             EntryKind::Symlink => self.symlink.as_ref().map(|s| s.len() as u64).or(self.size).unwrap_or(0),
             _ => self.size.unwrap_or(0),
         };
-        let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(self.mtime.unwrap_or(0));
+        // A time SystemTime cannot hold (a hostile `mtime: 1e40`) shows as the epoch.
+        let mtime = SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(self.mtime.unwrap_or(0)))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         Entry {
             name: self.name.clone(),
             kind,
@@ -925,6 +928,16 @@ mod tests {
         assert_eq!(now, old);
         assert_eq!(now.mode, Some(0o644));
         assert_eq!(now.kind, Some(EntryKind::File));
+    }
+
+    #[test]
+    fn an_mtime_beyond_what_system_time_holds_shows_as_the_epoch() {
+        // Found by fuzzing (fuzz/fuzz_targets/onedata_json.rs): this panicked with
+        // "overflow when adding duration to instant".
+        for mtime in [json!(3.4e40), json!(u64::MAX), json!("18446744073709551615")] {
+            let a = Attrs::from_json(&json!({"fileId": "F", "name": "a", "type": "REG", "mtime": mtime})).unwrap();
+            assert_eq!(a.entry("S").mtime, SystemTime::UNIX_EPOCH);
+        }
     }
 
     #[test]

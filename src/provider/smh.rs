@@ -312,18 +312,18 @@ fn loose_string<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<S
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct TokenResponse {
-    access_token: String,
+pub(crate) struct TokenResponse {
+    pub(crate) access_token: String,
     #[serde(default, deserialize_with = "loose_u64")]
-    expires_in: Option<u64>,
+    pub(crate) expires_in: Option<u64>,
 }
 
 /// One item of a listing, `?info` answer or history list (the fields we use).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Item {
+pub(crate) struct Item {
     #[serde(default)]
-    name: String,
+    pub(crate) name: String,
     #[serde(rename = "type", default)]
     kind: Option<String>,
     #[serde(default, deserialize_with = "loose_u64")]
@@ -356,23 +356,23 @@ struct Item {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Page {
+pub(crate) struct Page {
     #[serde(default)]
-    contents: Vec<Item>,
+    pub(crate) contents: Vec<Item>,
     #[serde(default, deserialize_with = "loose_string")]
-    next_marker: Option<String>,
+    pub(crate) next_marker: Option<String>,
 }
 
 /// An SMH error body `{code, message, requestId}` or a COS/gateway XML `<Error>`.
 #[derive(Debug, Default, Clone)]
-struct ErrorBody {
+pub(crate) struct ErrorBody {
     code: String,
     message: String,
     request_id: String,
 }
 
 impl ErrorBody {
-    fn parse(body: &[u8]) -> ErrorBody {
+    pub(crate) fn parse(body: &[u8]) -> ErrorBody {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Json {
@@ -437,7 +437,7 @@ impl ErrorBody {
     }
 
     /// The errno-level meaning (§3.8).
-    fn into_error(self, what: &str, status: StatusCode) -> SourceError {
+    pub(crate) fn into_error(self, what: &str, status: StatusCode) -> SourceError {
         let msg = format!("{what}: {}", self.describe(status));
         match (status.as_u16(), self.code.as_str()) {
             (_, "QuotaLimitReached") => SourceError::QuotaExceeded(msg),
@@ -542,7 +542,8 @@ fn symlink_target(link_path: &str, link_to: &serde_json::Value) -> Option<String
         serde_json::Value::String(s) => s.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect(),
         _ => return None,
     };
-    if target.is_empty() {
+    // `.`/`..` in a target would resolve outside the mount (`["..", "..", "etc"]`).
+    if target.is_empty() || target.iter().any(|s| s == "." || s == "..") {
         return None;
     }
     let depth = link_path.split('/').filter(|s| !s.is_empty()).count().saturating_sub(1);
@@ -572,7 +573,7 @@ fn is_regular(item: &Item) -> bool {
 }
 
 /// Turns a listing or `?info` item at `path` into an entry with handle `remote`.
-fn entry_of(item: &Item, name: &str, path: &str, remote: String) -> Entry {
+pub(crate) fn entry_of(item: &Item, name: &str, path: &str, remote: String) -> Entry {
     let kind = match item.kind.as_deref() {
         Some("dir") => EntryKind::Dir,
         Some("symlink") => EntryKind::Symlink,
@@ -1140,6 +1141,21 @@ impl FileReader for SmhReader {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_link_target_with_dot_segments_is_refused_so_it_cannot_leave_the_mount() {
+        for t in [
+            serde_json::json!(["..", "..", "etc", "passwd"]),
+            serde_json::json!("a/../../x"),
+            serde_json::json!(["."]),
+        ] {
+            assert_eq!(symlink_target("dir/link", &t), None, "{t}");
+        }
+        assert_eq!(
+            symlink_target("dir/link", &serde_json::json!(["a", "b"])).as_deref(),
+            Some("../a/b")
+        );
+    }
+
     use super::*;
 
     #[test]

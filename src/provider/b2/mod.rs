@@ -606,7 +606,12 @@ fn collision_name(name: &str, taken: &std::collections::HashSet<String>) -> Stri
 
 /// Entries of one `delimiter=/` listing level under `prefix` (see the collision policy in the
 /// module docs). Adds the `.versions` view when asked.
-fn entries_from_listing(bucket_id: &str, prefix: &str, files: &[api::FileVersion], versions: bool) -> Vec<Entry> {
+pub(crate) fn entries_from_listing(
+    bucket_id: &str,
+    prefix: &str,
+    files: &[api::FileVersion],
+    versions: bool,
+) -> Vec<Entry> {
     use std::collections::HashSet;
     let mut dirs: Vec<Entry> = Vec::new();
     let mut dir_names = HashSet::new();
@@ -651,9 +656,11 @@ fn entries_from_listing(bucket_id: &str, prefix: &str, files: &[api::FileVersion
 }
 
 /// The file name of one version in the versions view.
-fn version_name(f: &api::FileVersion) -> String {
+pub(crate) fn version_name(f: &api::FileVersion) -> String {
     use sha1::Digest;
-    let ts = humantime::format_rfc3339_millis(api::millis(f.upload_timestamp.unwrap_or(0)));
+    // humantime cannot write years past 9999 (its Display fails and `format!` panics).
+    const LAST_MS: u64 = 253_402_300_799_999;
+    let ts = humantime::format_rfc3339_millis(api::millis(f.upload_timestamp.unwrap_or(0).min(LAST_MS)));
     let id_hash = sha1::Sha1::digest(f.file_id.as_deref().unwrap_or("").as_bytes());
     format!("{ts}~{}", &hex::encode(id_hash)[..8])
 }
@@ -847,6 +854,16 @@ impl FileReader for B2Reader {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_version_uploaded_after_year_9999_still_gets_a_name() {
+        let f = api::FileVersion {
+            file_id: Some("id".into()),
+            upload_timestamp: Some(u64::MAX),
+            ..Default::default()
+        };
+        assert!(version_name(&f).starts_with("9999-12-31T23:59:59.999Z~"));
+    }
+
     use super::*;
 
     fn f(action: &str, name: &str, id: Option<&str>) -> api::FileVersion {
