@@ -520,11 +520,21 @@ impl BlockCache {
         let mut resumes = 0u32;
         let mut failure: Option<SourceError> = None;
         // Blocks already on disk (a warm cache after a remount) need no request.
+        // All blocks of the run are looked up at once: after a reboot the blocks come from the
+        // device, which serves several reads in parallel faster than one after another (on the
+        // development VM, `cat` of a 1 GiB cache directory took 1.42 s one file at a time and
+        // 0.89 s eight at a time; the re-read through the mount runs at 0.5-1.05 GB/s either
+        // way, bounded by that device, so the gain there is within the noise).
         if let Some(disk) = self.disk.clone() {
-            while next_block < end {
-                let key = crate::cache::BlockKey::of(&file.key, next_block);
-                let d = disk.clone();
-                let got = tokio::task::spawn_blocking(move || d.get(&key)).await.ok().flatten();
+            let lookups: Vec<_> = (next_block..end)
+                .map(|i| {
+                    let key = crate::cache::BlockKey::of(&file.key, i);
+                    let d = disk.clone();
+                    tokio::task::spawn_blocking(move || d.get(&key))
+                })
+                .collect();
+            for lookup in lookups {
+                let got = lookup.await.ok().flatten();
                 match got {
                     Some(b) if b.len() as u64 == self.block_len(&file, next_block) => {
                         self.complete(
