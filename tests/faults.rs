@@ -4,8 +4,11 @@
 //!
 //! The contract checked, for every read:
 //! * it returns exactly the source's bytes, or fails with EIO (errno 5), nothing else;
-//! * each syscall (`open`, `pread`) returns within `BOUND` = io_timeout + 1 s (the FUSE
-//!   adapter's per-operation deadline, `OP_GRACE`) + 3 s of slack for a shared machine;
+//! * each syscall (`open`, `pread`) returns within `BOUND` = 2 × (io_timeout + 1 s) + 3 s of
+//!   slack for a shared machine: the FUSE adapter bounds each operation by io_timeout +
+//!   `OP_GRACE` (1 s), and one syscall may wait on two operations in a row (`open` = lookup +
+//!   open; a `pread` = the kernel's read of its page, then of the readahead it waits on). The
+//!   chaos run measured at most 8.7 s with io_timeout = 4 s;
 //! * none hangs: a watchdog fails the test when a syscall is still running after `HANG`;
 //! * the daemon is alive at the end, and once every fault is switched off every file reads
 //!   correctly again, on the same mount.
@@ -42,7 +45,7 @@ use rand::{RngExt, SeedableRng};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(4);
 const STALL_TIMEOUT: Duration = Duration::from_secs(1);
-const BOUND: Duration = Duration::from_secs(4 + 1 + 3);
+const BOUND: Duration = Duration::from_secs(2 * (4 + 1) + 3);
 const HANG: Duration = Duration::from_secs(45);
 const EIO: i32 = 5;
 
