@@ -616,7 +616,20 @@ async fn a_connection_failure_names_the_file_id_but_never_the_token() {
     let env = env().await;
     let src = source(config(&env)).await;
     let (f, opened) = open_at(&*src, &["db1", "kafka"], "ca.pem").await;
+    let addr = env.server.addr;
     drop(env.server);
+    // Dropping the server stops accepting at once, but a kept-alive connection of the client's
+    // pool closes a moment later (the emulator's graceful shutdown): wait for both, bounded, so
+    // the read cannot be served by the old connection.
+    let t0 = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "the emulator still accepts"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let err = read_all(&*opened.reader, 0..f.size).await.unwrap_err();
     assert_eq!(err.errno(), libc::EIO, "{err}");
     let text = err.to_string();
