@@ -116,6 +116,9 @@ pub struct CacheSection {
     pub request_size: Option<ByteSize>,
     /// Kernel readahead set on the mount's bdi when running as root (0 = leave the kernel's).
     pub read_ahead: Option<ByteSize>,
+    /// Stream sequential reads of plain-HTTP files with splice(2), without copying them
+    /// through the daemon (default true; used only without a disk tier).
+    pub splice: Option<bool>,
 }
 
 /// `[metadata]`.
@@ -236,6 +239,7 @@ pub struct CacheConfig {
     pub dir: Option<PathBuf>,
     pub disk: u64,
     pub read_ahead: u64,
+    pub splice: bool,
 }
 
 impl Default for CacheConfig {
@@ -252,6 +256,7 @@ impl Default for CacheConfig {
             // 4 MiB: measured on this machine kind, raising the bdi readahead from 128 KiB to
             // 4 MiB takes FUSE from ~2 to ~3 GB/s for one sequential reader (DESIGN §4).
             read_ahead: 4 << 20,
+            splice: true,
         }
     }
 }
@@ -359,6 +364,9 @@ impl ConfigFile {
         c.cache.max_window = c.cache.max_window.min(c.cache.memory / 2);
         if let Some(ByteSize(r)) = cache.request_size {
             c.cache.request_size = r.max(c.cache.block_size);
+        }
+        if let Some(s) = cache.splice {
+            c.cache.splice = s;
         }
         if let Some(ByteSize(r)) = cache.read_ahead {
             c.cache.read_ahead = r;

@@ -18,7 +18,7 @@ use fuser::{
 };
 use tracing::Instrument;
 
-use crate::fs::{Attr, FsCore, FsError};
+use crate::fs::{Attr, FsCore, FsError, ReadOut};
 use crate::metrics::{Metrics, global};
 use crate::source::EntryKind;
 
@@ -30,11 +30,25 @@ const READDIR_BATCH: usize = 256;
 pub struct FuseFs {
     core: Arc<FsCore>,
     rt: tokio::runtime::Handle,
+    max_read: u32,
 }
+
+/// Largest READ the kernel sends by default: its limit of 256 pages.
+pub const MAX_READ: u32 = 1 << 20;
 
 impl FuseFs {
     pub fn new(core: Arc<FsCore>, rt: tokio::runtime::Handle) -> FuseFs {
-        FuseFs { core, rt }
+        FuseFs {
+            core,
+            rt,
+            max_read: MAX_READ,
+        }
+    }
+
+    /// Asks the kernel for READs of at most `bytes` (a power of two, at least a page).
+    pub fn with_max_read(mut self, bytes: u32) -> FuseFs {
+        self.max_read = bytes.clamp(4096, MAX_READ);
+        self
     }
 
     fn ttl(&self) -> Duration {
@@ -155,8 +169,12 @@ impl Filesystem for FuseFs {
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_ASYNC_READ;
         let _ = config.add_capabilities(wanted & config.capabilities());
-        // Let the kernel send up to 1 MiB per READ (fuser derives max_pages from this).
-        let _ = config.set_max_readahead(1 << 20);
+        // fuser derives max_pages from the larger of these; the kernel caps it at 256 pages
+        // (1 MiB per READ). A smaller max_read lowers both.
+        let _ = config.set_max_readahead(self.max_read);
+        if self.max_read < MAX_READ {
+            let _ = config.set_max_write(self.max_read);
+        }
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
         Ok(())
@@ -220,7 +238,7 @@ impl Filesystem for FuseFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -230,10 +248,16 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         let core = self.core.clone();
+        let unique = req.unique().0;
+        core.announce_read(fh.0, offset);
         let span = tracing::debug_span!("read", ino = ino.0, fh = fh.0, offset, size);
         self.spawn("read", span, async move {
-            match bounded(&core, "read", core.read(fh.0, offset, size)).await {
-                Ok(data) => reply.data(&data),
+            match bounded(&core, "read", core.read_for(fh.0, offset, size, Some(unique))).await {
+                Ok(ReadOut::Data(data)) => reply.data(&data),
+                // The stream wrote the reply to /dev/fuse itself. Dropping `reply` would send a
+                // second (refused) EIO answer and log a warning; forgetting it only leaks one
+                // reference count of fuser's device handle (crate::splice, "Replying outside").
+                Ok(ReadOut::Spliced) => std::mem::forget(reply),
                 Err(e) => reply.error(fail(&core, "read", ino.0, None, &e)),
             }
         });

@@ -20,3 +20,4 @@ pub mod mount;
 pub mod notify;
 pub mod provider;
 pub mod source;
+pub mod splice;

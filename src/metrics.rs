@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Metrics {
     pub http_requests: AtomicU64,
     pub http_bytes: AtomicU64,
+    /// Body bytes handed from the socket to FUSE by splice, never copied into the daemon.
+    pub spliced_bytes: AtomicU64,
     pub http_retries: AtomicU64,
     pub http_errors: AtomicU64,
     pub cache_hits: AtomicU64,
@@ -22,6 +24,8 @@ pub struct Metrics {
     pub disk_hits: AtomicU64,
     pub disk_misses: AtomicU64,
     pub disk_evictions: AtomicU64,
+    /// Blocks the disk tier's writer dropped because the disk could not keep up.
+    pub disk_dropped_blocks: AtomicU64,
     pub open_handles: AtomicU64,
     pub fuse_ops: AtomicU64,
     pub fuse_errors: AtomicU64,

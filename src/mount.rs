@@ -270,10 +270,21 @@ pub fn mount_core(
         SessionACL::Owner
     };
     // Requests are only parsed and handed to tokio on these threads; two keep the kernel queue
-    // drained while one is busy copying a 1 MiB reply.
+    // drained while one is busy copying a 1 MiB reply. Both read the one session descriptor
+    // (no clone_fd): the kernel finds a request only on the descriptor that read it, and splice
+    // streams answer READs on a duplicate of that descriptor (crate::splice).
     fc.n_threads = Some(2);
-    fc.clone_fd = true;
-    let fs = crate::fuse::FuseFs::new(core.clone(), rt.handle().clone());
+    fc.clone_fd = false;
+    let mut fs = crate::fuse::FuseFs::new(core.clone(), rt.handle().clone());
+    if cfg.cache.splice {
+        match crate::splice::pipe_capacity() {
+            // A reply must fit one pipe: READs of 1 MiB need a 2 MiB pipe (socket buffers of a
+            // page or less each, plus the header's); an unprivileged 1 MiB pipe takes 512 KiB.
+            Some(cap) if cap >= crate::splice::FULL_READ_PIPE => {}
+            Some(_) => fs = fs.with_max_read(512 << 10),
+            None => tracing::info!("splice streaming off: no pipe of 1 MiB can be made"),
+        }
+    }
     let mut session = fuser::Session::new(fs, mountpoint, &fc).map_err(|e| {
         let hint = if e.raw_os_error() == Some(libc::EPERM) || e.kind() == std::io::ErrorKind::PermissionDenied {
             " (run as root, or install fuse3 so fusermount3 can mount for you; --allow-other needs user_allow_other in /etc/fuse.conf)"
@@ -284,6 +295,13 @@ pub fn mount_core(
         };
         MountError(format!("cannot mount at {}: {e}{hint}", mountpoint.display()))
     })?;
+    if cfg.cache.splice {
+        use std::os::fd::AsFd;
+        match session.as_fd().try_clone_to_owned() {
+            Ok(fd) => core.set_fuse_dev(crate::splice::FuseDev::new(fd)),
+            Err(e) => tracing::warn!("splice streaming off: cannot duplicate /dev/fuse: {e}"),
+        }
+    }
     let notifier = session.notifier();
     core.set_invalidate(Arc::new(move |ino| {
         // 0, 0: drop every cached page and the attributes.

@@ -29,8 +29,7 @@ fn open_path_to(m: &MountGuard) {
 fn http_fixture(rt: &tokio::runtime::Runtime) -> (tempfile::TempDir, emulate::Server) {
     let data = tempfile::tempdir().unwrap();
     std::fs::write(data.path().join("hello.txt"), b"hello access\n").unwrap();
-    let emu = emulate::http::router(data.path());
-    let server = rt.block_on(emulate::serve(emu.router, 0, emu.harness)).unwrap();
+    let (server, _) = serve_http(rt, data.path());
     (data, server)
 }
 

@@ -28,6 +28,7 @@ fn cfg(memory: u64) -> CoreConfig {
         max_window: 16 * MB,
         max_request: 4 * MB,
         io_timeout: Duration::from_secs(10),
+        splice: false,
     }
 }
 

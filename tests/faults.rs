@@ -627,7 +627,7 @@ fn run_provider(name: &'static str, k: &Knobs) {
     let t_transport = t0.elapsed();
 
     // 2. Flips, for providers with a whole-file checksum, read by cp -r only.
-    let mut quarantined = Vec::new();
+    let mut failed_checksum = Vec::new();
     let mut flip_counts = ProxyCounts::default();
     if fx.checksummed && tally.hangs.load(Ordering::SeqCst) == 0 {
         fx.proxy.control.set_config(k.flips());
@@ -648,7 +648,7 @@ fn run_provider(name: &'static str, k: &Knobs) {
         for l in other {
             tally.problem(format!("cp: {l}"));
         }
-        quarantined = check_copy(&flips, &src, dest.path(), &eio, &tally);
+        failed_checksum = check_copy(&flips, &src, dest.path(), &eio, &tally);
         assert!(
             flip_counts.flip > 0,
             "{name}: the flip phase flipped no byte ({} connections): nothing was tested",
@@ -658,9 +658,9 @@ fn run_provider(name: &'static str, k: &Knobs) {
         // checks the MD5 itself before yielding a byte, so its failures are Integrity errors.)
         let mismatches = m.log_text().matches("checksum mismatch").count();
         assert!(
-            name == "doris" || mismatches >= quarantined.len(),
+            name == "doris" || mismatches >= failed_checksum.len(),
             "{name}: {} files failed under flips but the daemon logged {mismatches} checksum mismatches",
-            quarantined.len()
+            failed_checksum.len()
         );
     }
 
@@ -671,13 +671,13 @@ fn run_provider(name: &'static str, k: &Knobs) {
     let recovery = Arc::new(Tally::default());
     {
         let all: Vec<File> = transport.iter().chain(flips.iter()).cloned().collect();
-        let (recovery2, quarantined2) = (recovery.clone(), quarantined.clone());
+        let (recovery2, failed_sum2) = (recovery.clone(), failed_checksum.clone());
         run_watched(
             &recovery,
             vec![Box::new(move |beat: Beat| {
                 for f in &all {
                     let out = check_range(&f.mounted, 0, &f.data, f.data.len(), false, &recovery2, &beat);
-                    let q = if quarantined2.contains(&f.rel) {
+                    let q = if failed_sum2.contains(&f.rel) {
                         " (failed its checksum under flips)"
                     } else {
                         ""
@@ -696,7 +696,7 @@ fn run_provider(name: &'static str, k: &Knobs) {
     let r = &recovery;
     println!(
         "FAULTS {name}: reads_checked={} bytes_checked={} eio={} wrong_bytes={} hangs={} max_syscall_ms={} ({}) \
-         | transport[{transport_counts}] http[429={} 500={} 503={}] flips[{}] quarantined={} \
+         | transport[{transport_counts}] http[429={} 500={} 503={}] flips[{}] failed_checksum={} \
          | recovery reads={} wrong_bytes={} eio={} | daemon alive={alive} VmHWM={}kB | {:.1}s (transport {:.1}s)",
         t.reads.load(Ordering::Relaxed) + r.reads.load(Ordering::Relaxed),
         t.bytes.load(Ordering::Relaxed) + r.bytes.load(Ordering::Relaxed),
@@ -709,7 +709,7 @@ fn run_provider(name: &'static str, k: &Knobs) {
         http_counts[1],
         http_counts[2],
         flip_counts.flip,
-        quarantined.len(),
+        failed_checksum.len(),
         r.reads.load(Ordering::Relaxed),
         r.wrong_bytes.load(Ordering::Relaxed),
         r.eio.load(Ordering::Relaxed),

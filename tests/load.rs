@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use fetchfs::emulate;
 
 const READERS: usize = 64;
 /// `[cache] memory` of the daemon under load.
@@ -27,32 +26,8 @@ const RSS_SLACK_MIB: u64 = 64;
 /// reqwest's idle pool keeps at most this many connections per host (`pool_idle_per_host`).
 const POOL_IDLE_PER_HOST: usize = 32;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One scrape of the daemon's Prometheus endpoint (HTTP/1.0: the connection closes after it).
-fn scrape(port: u16) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 fn gauge(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
+    metric(text, name).unwrap_or_else(|| panic!("{name} missing from /metrics")) as u64
 }
 
 fn proc_status_kib(pid: u32, key: &str) -> u64 {
@@ -122,10 +97,8 @@ fn sixty_four_readers_over_a_thousand_files_get_exact_bytes_within_budget_and_le
     }
     assert_eq!(files.len(), 1000);
     let total_bytes: usize = files.iter().map(|(_, v)| v.len()).sum();
-    let emu = emulate::http::router(data.path());
-    let server = rt.block_on(emulate::serve(emu.router, 0, emu.harness)).unwrap();
+    let (server, url) = serve_http(&rt, data.path());
     let emu_port = server.addr.port();
-    let url = format!("{}/", server.base_url());
     let mport = free_port();
     let maddr = format!("127.0.0.1:{mport}");
     let m = MountGuard::start(&[
@@ -136,7 +109,7 @@ fn sixty_four_readers_over_a_thousand_files_get_exact_bytes_within_budget_and_le
         &maddr,
     ]);
     let pid = m.pid();
-    let baseline_tasks = gauge(&scrape(mport), "fetchfs_runtime_alive_tasks");
+    let baseline_tasks = gauge(&scrape_metrics(mport), "fetchfs_runtime_alive_tasks");
     let baseline_conns = connections_to(emu_port);
     let (baseline_sockets, baseline_other) = fds(pid);
     let baseline_rss_kib = proc_status_kib(pid, "VmRSS:");
@@ -270,10 +243,10 @@ fn sixty_four_readers_over_a_thousand_files_get_exact_bytes_within_budget_and_le
     // to settle back.
     let settle = Instant::now() + Duration::from_secs(20);
     loop {
-        let tasks = gauge(&scrape(mport), "fetchfs_runtime_alive_tasks") as i64;
+        let tasks = gauge(&scrape_metrics(mport), "fetchfs_runtime_alive_tasks") as i64;
         let conns = connections_to(emu_port);
         let (sockets, other) = fds(pid);
-        let open = gauge(&scrape(mport), "fetchfs_open_handles");
+        let open = gauge(&scrape_metrics(mport), "fetchfs_open_handles");
         // Each connection kept alive in reqwest's idle pool is driven by one hyper task and
         // holds one socket: tasks and sockets above the baseline must be exactly those
         // connections. One more task of slack: the scrape's own connection task may not have

@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use fetchfs::emulate;
 
 #[test]
 fn after_a_remount_cached_files_are_read_with_no_data_request() {
@@ -18,9 +17,7 @@ fn after_a_remount_cached_files_are_read_with_no_data_request() {
     let big = pseudo_random(12 << 20, 42);
     std::fs::write(data.path().join("big.bin"), &big).unwrap();
     std::fs::write(data.path().join("small.txt"), b"hello disk").unwrap();
-    let emu = emulate::http::router(data.path());
-    let server = rt.block_on(emulate::serve(emu.router, 0, emu.harness)).unwrap();
-    let url = format!("{}/", server.base_url());
+    let (server, url) = serve_http(&rt, data.path());
     let cache = tempfile::tempdir().unwrap();
     let cdir = cache.path().join("c");
     let cdir_s = cdir.display().to_string();

@@ -645,21 +645,6 @@ fn a_background_mount_logs_to_syslog_as_fetchfs() {
     unmount_detached(&m);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The value of the sample `name` (exact, labels included) in a scrape.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .map(|v| v.parse().unwrap())
-}
-
 #[test]
 fn metrics_endpoint_reports_a_read_while_it_happens() {
     if !can_mount() {
@@ -701,28 +686,28 @@ fn metrics_endpoint_reports_a_read_while_it_happens() {
     assert!(sum.starts_with(&md5_hex(&big)));
     assert!(still_reading, "the read finished before the first scrape");
     assert!(
-        sample(&during, "fetchfs_open_handles").unwrap() >= 1.0,
+        metric(&during, "fetchfs_open_handles").unwrap() >= 1.0,
         "no open handle during the read:\n{during}"
     );
     fx.server.harness.faults.clear();
 
     let after = scrape();
-    let bytes = sample(&after, "fetchfs_source_bytes_total{source=\"root\"}").unwrap();
+    let bytes = metric(&after, "fetchfs_source_bytes_total{source=\"root\"}").unwrap();
     assert!(bytes >= big.len() as f64, "{bytes}");
-    assert!(sample(&after, "fetchfs_source_requests_total{source=\"root\",op=\"read\"}").unwrap() >= 1.0);
+    assert!(metric(&after, "fetchfs_source_requests_total{source=\"root\",op=\"read\"}").unwrap() >= 1.0);
     assert!(
-        sample(
+        metric(
             &after,
             "fetchfs_source_request_duration_seconds_count{source=\"root\",op=\"open\"}"
         )
         .unwrap()
             >= 1.0
     );
-    assert!(sample(&after, "fetchfs_fuse_operations_total{op=\"read\"}").unwrap() >= 1.0);
-    assert!(sample(&after, "fetchfs_cache_misses_total{tier=\"memory\"}").unwrap() >= 1.0);
-    assert!(sample(&after, "fetchfs_cache_memory_budget_bytes").unwrap() > 0.0);
-    assert!(sample(&after, "fetchfs_http_requests_total").unwrap() >= 1.0);
-    assert_eq!(sample(&after, "fetchfs_open_handles"), Some(0.0));
+    assert!(metric(&after, "fetchfs_fuse_operations_total{op=\"read\"}").unwrap() >= 1.0);
+    assert!(metric(&after, "fetchfs_cache_misses_total{tier=\"memory\"}").unwrap() >= 1.0);
+    assert!(metric(&after, "fetchfs_cache_memory_budget_bytes").unwrap() > 0.0);
+    assert!(metric(&after, "fetchfs_http_requests_total").unwrap() >= 1.0);
+    assert_eq!(metric(&after, "fetchfs_open_handles"), Some(0.0));
 }
 
 fn check(args: &[&str]) -> (bool, String, String) {

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use fetchfs::emulate;
 
 /// Readers that read `files` (mount path, expected bytes) in a loop with `pread`s of up to
 /// 1 MiB until `stop` (or until a read fails), checking every byte. Each sends one verdict:
@@ -129,9 +128,7 @@ fn after_kill_9_the_documented_command_recovers_the_mountpoint_and_a_remount_ser
     let rt = runtime();
     let data = tempfile::tempdir().unwrap();
     let set = data_set(data.path());
-    let emu = emulate::http::router(data.path());
-    let server = rt.block_on(emulate::serve(emu.router, 0, emu.harness)).unwrap();
-    let url = format!("{}/", server.base_url());
+    let (server, url) = serve_http(&rt, data.path());
     let cache = tempfile::tempdir().unwrap();
     let cdir = cache.path().join("c").display().to_string();
 
@@ -244,9 +241,7 @@ fn with_auto_unmount_the_mountpoint_is_released_when_the_daemon_is_killed() {
     let rt = runtime();
     let data = tempfile::tempdir().unwrap();
     let set = data_set(data.path());
-    let emu = emulate::http::router(data.path());
-    let server = rt.block_on(emulate::serve(emu.router, 0, emu.harness)).unwrap();
-    let url = format!("{}/", server.base_url());
+    let (_server, url) = serve_http(&rt, data.path());
     let mut m = MountGuard::start(&[&url, "-o", "auto_unmount"]);
     let files: Arc<Vec<(PathBuf, Vec<u8>)>> = Arc::new(set.iter().map(|(n, d)| (m.path(n), d.clone())).collect());
     assert_eq!(std::fs::read(&files[0].0).unwrap(), files[0].1);
@@ -286,9 +281,7 @@ fn sigterm_during_heavy_reads_exits_zero_unmounts_and_no_reader_hangs() {
     let rt = runtime();
     let data = tempfile::tempdir().unwrap();
     let set = data_set(data.path());
-    let emu = emulate::http::router(data.path());
-    let server = rt.block_on(emulate::serve(emu.router, 0, emu.harness)).unwrap();
-    let url = format!("{}/", server.base_url());
+    let (server, url) = serve_http(&rt, data.path());
     // A small cache keeps the readers going to the network.
     let mut m = MountGuard::start(&[&url, "--cache-memory", "16MiB"]);
     let files: Arc<Vec<(PathBuf, Vec<u8>)>> = Arc::new(set.iter().map(|(n, d)| (m.path(n), d.clone())).collect());

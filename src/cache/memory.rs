@@ -200,7 +200,7 @@ impl BlockCache {
         disk: Option<Arc<crate::cache::disk::DiskCache>>,
     ) -> Arc<BlockCache> {
         Arc::new(BlockCache {
-            writer: disk.clone().map(crate::cache::disk::DiskWriter::spawn),
+            writer: disk.clone().and_then(crate::cache::disk::DiskWriter::spawn),
             disk,
             pool: Arc::new(BufPool {
                 free: Mutex::new(Vec::new()),

@@ -37,6 +37,7 @@ use crate::cache::prefetch::Prefetcher;
 use crate::error::SourceError;
 use crate::metrics::{Metrics, global};
 use crate::source::{Entry, EntryKind, OpenRequest, Source};
+use crate::splice::{FuseDev, STREAM_AFTER, Served, Streamer};
 use inode::{InodeTable, Listing, Node, ROOT};
 use verify::{Verdict, Verifier};
 
@@ -114,6 +115,8 @@ pub struct CoreConfig {
     pub max_window: u64,
     pub max_request: u64,
     pub io_timeout: Duration,
+    /// Stream sequential reads of plain-HTTP files with splice (`crate::splice`).
+    pub splice: bool,
 }
 
 impl CoreConfig {
@@ -130,6 +133,7 @@ impl CoreConfig {
             max_window: c.cache.max_window,
             max_request: c.cache.request_size.max(c.cache.block_size),
             io_timeout: c.http.op_timeout,
+            splice: c.cache.splice,
         }
     }
 }
@@ -147,6 +151,25 @@ struct Handle {
     validator: String,
     prefetch: Mutex<Prefetcher>,
     verifier: tokio::sync::Mutex<Option<Verifier>>,
+    /// The zero-copy stream of a sequential reader, where the file and the mount allow one.
+    stream: Option<Arc<Streamer>>,
+}
+
+/// Retires an announced READ when dropped.
+struct Retire(Arc<Streamer>, u64);
+
+impl Drop for Retire {
+    fn drop(&mut self) {
+        self.0.retire(self.1);
+    }
+}
+
+/// What a READ is answered with.
+#[derive(Debug)]
+pub enum ReadOut {
+    Data(Bytes),
+    /// Already answered on `/dev/fuse` (or dropped by the kernel meanwhile): send nothing.
+    Spliced,
 }
 
 /// Called to drop the kernel's cached pages and attributes of an inode.
@@ -162,6 +185,7 @@ pub struct FsCore {
     next_fh: AtomicU64,
     cache: Arc<BlockCache>,
     invalidate: OnceLock<Invalidate>,
+    fuse_dev: OnceLock<Arc<FuseDev>>,
 }
 
 impl FsCore {
@@ -217,12 +241,18 @@ impl FsCore {
             next_fh: AtomicU64::new(1),
             cache,
             invalidate: OnceLock::new(),
+            fuse_dev: OnceLock::new(),
         })
     }
 
     /// Installs the callback that invalidates kernel caches (set once the session exists).
     pub fn set_invalidate(&self, f: Invalidate) {
         let _ = self.invalidate.set(f);
+    }
+
+    /// Installs the session's `/dev/fuse` descriptor, on which splice streams answer READs.
+    pub fn set_fuse_dev(&self, dev: FuseDev) {
+        let _ = self.fuse_dev.set(Arc::new(dev));
     }
 
     pub fn cache(&self) -> &Arc<BlockCache> {
@@ -524,12 +554,21 @@ impl FsCore {
             .clone()
             .filter(|_| fresh.size > 0)
             .map(|c| Verifier::new(c, fresh.size));
+        // The bytes of a stream never enter the daemon: no checksum, no disk tier.
+        let stream = match self.fuse_dev.get() {
+            Some(dev) if self.cfg.splice && verifier.is_none() && self.cache.disk().is_none() => ctx
+                .reader
+                .raw_http()
+                .map(|t| Arc::new(Streamer::new(t, dev.clone(), self.cfg.io_timeout))),
+            _ => None,
+        };
         let handle = Arc::new(Handle {
             ino,
             ctx,
             validator,
             prefetch: Mutex::new(Prefetcher::new(self.cfg.max_window, self.cfg.max_request)),
             verifier: tokio::sync::Mutex::new(verifier),
+            stream,
         });
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().unwrap().insert(fh, handle);
@@ -550,7 +589,22 @@ impl FsCore {
 
     /// FUSE read: exactly the bytes of `[offset, offset + size)` clipped to EOF, or an error.
     pub async fn read(self: &Arc<Self>, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        match self.read_for(fh, offset, size, None).await? {
+            ReadOut::Data(d) => Ok(d),
+            ReadOut::Spliced => unreachable!("a read without a FUSE request is never spliced"),
+        }
+    }
+
+    /// FUSE read of request `unique`: like [`FsCore::read`], but a sequential reader's bytes
+    /// may be spliced straight into the reply instead of being returned.
+    pub async fn read_for(self: &Arc<Self>, fh: u64, offset: u64, size: u32, unique: Option<u64>) -> FsResult<ReadOut> {
         let h = self.handle(fh)?;
+        // Answered or not, this READ no longer holds back the ones after it (announce_read).
+        let _retire = h
+            .stream
+            .as_ref()
+            .filter(|_| unique.is_some())
+            .map(|s| Retire(s.clone(), offset));
         {
             let t = self.table.lock().unwrap();
             if let Some(n) = t.get(h.ino)
@@ -561,21 +615,51 @@ impl FsCore {
         }
         let file_size = h.ctx.size;
         if offset >= file_size || size == 0 {
-            return Ok(Bytes::new());
+            return Ok(ReadOut::Data(Bytes::new()));
         }
         let range = offset..(offset + size as u64).min(file_size);
-        let plan = h
-            .prefetch
-            .lock()
-            .unwrap()
-            .on_read(range.start, range.end - range.start, file_size);
+        let (plan, scheduled) = {
+            let mut p = h.prefetch.lock().unwrap();
+            let plan = p.on_read(range.start, range.end - range.start, file_size);
+            (plan, p.scheduled_to())
+        };
         tracing::trace!(fh, offset, size, direct = plan.direct, prefetch = ?plan.prefetch, "read plan");
         let bs = self.cache.block_size();
+        if let (Some(s), Some(unique)) = (&h.stream, unique) {
+            if plan.direct {
+                // The prefetcher saw a seek: the stream's bytes are not wanted now.
+                s.stop().await;
+            } else if s.position().is_some() {
+                match s.serve(unique, range.clone()).await {
+                    Served::Spliced | Served::Gone => return Ok(ReadOut::Spliced),
+                    Served::Data(d) => return Ok(ReadOut::Data(d)),
+                    Served::NotMine => {}
+                }
+            } else if !plan.direct && plan.window >= STREAM_AFTER && s.available() {
+                // Blocks up to what the prefetcher already asked for come from the cache, and
+                // READs already in the daemon take the ordinary path; the stream starts at the
+                // first block after both that is neither cached nor being fetched.
+                let in_flight = s.furthest_arrived().map_or(0, |o| o + crate::fuse::MAX_READ as u64);
+                let mut at = scheduled.max(range.end).max(in_flight).div_ceil(bs) * bs;
+                while at < file_size && self.cache.present(&h.ctx, at / bs) {
+                    at += bs;
+                }
+                if at.saturating_add(STREAM_AFTER) < file_size {
+                    s.start(at..file_size);
+                }
+            }
+        }
+        // While a stream is open, the ordinary path fetches nothing it will deliver.
+        let stream_at = h.stream.as_ref().and_then(|s| s.position()).unwrap_or(u64::MAX);
+        let plan = crate::cache::prefetch::Plan {
+            prefetch: plan.prefetch.start..plan.prefetch.end.min(stream_at).max(plan.prefetch.start),
+            ..plan
+        };
         let all_present = (range.start / bs..=(range.end - 1) / bs).all(|b| self.cache.present(&h.ctx, b));
         if plan.direct && h.ctx.reader.ranges() && !all_present {
             // Random access: fetch exactly what was asked, leave the block cache alone.
             *h.verifier.lock().await = None;
-            return Ok(self.direct_read(&h.ctx, range).await?);
+            return Ok(ReadOut::Data(self.direct_read(&h.ctx, range).await?));
         }
         // The kernel keeps many readahead READs in flight, so a sequential reader's reads can
         // land beyond the prefetch window. A miss then fetches the whole aligned request-sized
@@ -584,7 +668,10 @@ impl FsCore {
             range.end
         } else {
             let req = self.cfg.max_request.max(bs).min(plan.window.max(bs));
-            (range.end.div_ceil(req) * req).min(file_size).max(range.end)
+            (range.end.div_ceil(req) * req)
+                .min(file_size)
+                .min(stream_at)
+                .max(range.end)
         };
         self.cache.ensure_extended(&h.ctx, range.clone(), demand_end);
         if !plan.prefetch.is_empty() {
@@ -605,7 +692,17 @@ impl FsCore {
         } else {
             self.verify(&h, range.start, &data).await?;
         }
-        Ok(data)
+        Ok(ReadOut::Data(data))
+    }
+
+    /// Called on the FUSE thread as a READ arrives, before it is handed to the runtime (which
+    /// may run READs in any order): a streaming handle's later READs wait for this one.
+    pub fn announce_read(&self, fh: u64, offset: u64) {
+        if let Some(h) = self.handles.lock().unwrap().get(&fh)
+            && let Some(s) = &h.stream
+        {
+            s.announce(offset);
+        }
     }
 
     /// Bytes of `range` from the block cache (fetching missing blocks).

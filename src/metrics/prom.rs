@@ -71,6 +71,12 @@ pub fn render(core: Option<&FsCore>) -> String {
         Metrics::get(&g.http_bytes),
     );
     o.one(
+        "fetchfs_read_spliced_bytes_total",
+        "counter",
+        "HTTP body bytes moved from the socket to FUSE replies by splice (part of fetchfs_http_bytes_total).",
+        Metrics::get(&g.spliced_bytes),
+    );
+    o.one(
         "fetchfs_http_retries_total",
         "counter",
         "Requests retried and bodies resumed after a transient failure (all sources).",
@@ -169,6 +175,12 @@ pub fn render(core: Option<&FsCore>) -> String {
             o.sample(metric, &[("tier", tier)], Metrics::get(v));
         }
     }
+    o.one(
+        "fetchfs_cache_disk_dropped_blocks_total",
+        "counter",
+        "Downloaded blocks not stored on disk because the disk could not keep up.",
+        Metrics::get(&g.disk_dropped_blocks),
+    );
     if let Some(core) = core {
         let s = core.cache().stats();
         o.one(

@@ -18,7 +18,7 @@ use futures_util::stream::BoxStream;
 
 use super::{OpStats, SOURCE_OPS, SourceMetrics, source_metrics};
 use crate::error::Result;
-use crate::source::{Capabilities, Entry, FileReader, OpenRequest, Opened, Source};
+use crate::source::{Entry, FileReader, OpenRequest, Opened, Source};
 
 /// A source whose operations are measured.
 pub struct Metered {
@@ -59,10 +59,6 @@ impl Source for Metered {
         self.inner.kind()
     }
 
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
     async fn root(&self) -> Result<Entry> {
         timed(op(&self.m, "root"), self.inner.root()).await
     }
@@ -97,6 +93,16 @@ struct MeteredReader {
 impl FileReader for MeteredReader {
     fn ranges(&self) -> bool {
         self.inner.ranges()
+    }
+
+    fn raw_http(&self) -> Option<crate::splice::RawHttp> {
+        let m = self.m.clone();
+        self.inner.raw_http().map(|mut raw| {
+            raw.on_bytes = Some(Arc::new(move |n| {
+                m.bytes.fetch_add(n, Ordering::Relaxed);
+            }));
+            raw
+        })
     }
 
     async fn read_stream(&self, range: Range<u64>) -> Result<BoxStream<'static, Result<Bytes>>> {

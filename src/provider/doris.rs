@@ -39,7 +39,7 @@ use super::BuildContext;
 use crate::config::{ConfigError, resolve_secret};
 use crate::error::{Result, SourceError};
 use crate::http::Http;
-use crate::source::{Capabilities, Checksum, Entry, FileReader, OpenRequest, Opened, Source};
+use crate::source::{Checksum, Entry, FileReader, OpenRequest, Opened, Source};
 
 /// Namespace of `/api/query/{ns}/{db}`: `default_cluster` maps to the internal catalog.
 const DEFAULT_NAMESPACE: &str = "default_cluster";
@@ -319,10 +319,6 @@ impl DorisSource {
 impl Source for DorisSource {
     fn kind(&self) -> &'static str {
         "doris"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { ranges: false }
     }
 
     async fn root(&self) -> Result<Entry> {

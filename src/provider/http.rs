@@ -34,7 +34,7 @@ use super::autoindex;
 use crate::config::{ConfigError, resolve_secret};
 use crate::error::{Result, SourceError};
 use crate::http::{Http, range};
-use crate::source::{Capabilities, Entry, FileReader, OpenRequest, Opened, Source};
+use crate::source::{Entry, FileReader, OpenRequest, Opened, Source};
 
 /// Largest listing page accepted (a hostile server cannot make us buffer more).
 const MAX_LISTING_BYTES: usize = 64 << 20;
@@ -329,10 +329,6 @@ impl Source for HttpSource {
         "http"
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { ranges: true }
-    }
-
     async fn root(&self) -> Result<Entry> {
         if self.single_file {
             // Probe the file now so a bad URL fails the mount, not the first read.
@@ -598,6 +594,12 @@ impl HttpReader {
 impl FileReader for HttpReader {
     fn ranges(&self) -> bool {
         !self.whole.load(Ordering::Relaxed)
+    }
+
+    fn raw_http(&self) -> Option<crate::splice::RawHttp> {
+        // A stream goes to one host without following redirects, like a credentialed GET.
+        (self.url.scheme() == "http" && self.ranges())
+            .then(|| crate::splice::RawHttp::new(self.url.clone(), self.headers.clone()))
     }
 
     async fn read_stream(&self, r: Range<u64>) -> Result<BoxStream<'static, Result<Bytes>>> {

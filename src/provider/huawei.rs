@@ -39,7 +39,7 @@ use crate::config::{ConfigError, resolve_secret};
 use crate::error::{Result, SourceError};
 use crate::http::Http;
 use crate::http::auth::TokenCache;
-use crate::source::{Capabilities, Entry, FileReader, OpenRequest, Opened, Source};
+use crate::source::{Entry, FileReader, OpenRequest, Opened, Source};
 
 /// Name of the directory listing every file by id.
 const BY_ID: &str = "by-id";
@@ -572,10 +572,6 @@ pub fn parse_task(task_id: &str, v: &Value) -> Result<TaskState, String> {
 impl Source for HuaweiSource {
     fn kind(&self) -> &'static str {
         "huawei"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { ranges: false }
     }
 
     async fn root(&self) -> Result<Entry> {

@@ -45,7 +45,7 @@ use super::BuildContext;
 use crate::config::{ConfigError, resolve_secret};
 use crate::error::{Result, SourceError};
 use crate::http::{Http, range};
-use crate::source::{Capabilities, Entry, EntryKind, FileReader, OpenRequest, Opened, Source};
+use crate::source::{Entry, EntryKind, FileReader, OpenRequest, Opened, Source};
 
 /// REST base below the provider's host.
 pub const API_PREFIX: &str = "/api/v3/oneprovider";
@@ -758,10 +758,6 @@ impl Source for OnedataSource {
         "onedata"
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { ranges: true }
-    }
-
     async fn root(&self) -> Result<Entry> {
         let Some(want) = &self.space else {
             // Lists the spaces now so a bad token fails the mount with its authError.
@@ -882,6 +878,13 @@ struct OnedataReader {
 
 #[async_trait]
 impl FileReader for OnedataReader {
+    fn raw_http(&self) -> Option<crate::splice::RawHttp> {
+        let url = url::Url::parse(&self.url).ok().filter(|u| u.scheme() == "http")?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-auth-token", self.token.clone());
+        Some(crate::splice::RawHttp::new(url, headers))
+    }
+
     async fn read_stream(&self, r: Range<u64>) -> Result<BoxStream<'static, Result<Bytes>>> {
         let what = &self.what;
         // Always a closed range: `bytes=0-` answers 206 here, and the end keeps a file that

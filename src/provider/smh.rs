@@ -68,7 +68,7 @@ use crate::config::{ConfigError, SourceConfig, resolve_secret};
 use crate::error::{Result, SourceError};
 use crate::http::auth::{Token, TokenCache};
 use crate::http::{Http, range};
-use crate::source::{Capabilities, Checksum, Entry, EntryKind, FileReader, OpenRequest, Opened, Source};
+use crate::source::{Checksum, Entry, EntryKind, FileReader, OpenRequest, Opened, Source};
 
 /// Host of both official SDKs.
 pub const DEFAULT_ENDPOINT: &str = "https://api.tencentsmh.cn";
@@ -845,10 +845,6 @@ impl Inner {
 impl Source for SmhSource {
     fn kind(&self) -> &'static str {
         "smh"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { ranges: true }
     }
 
     async fn root(&self) -> Result<Entry> {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
-use super::{Capabilities, Checksum, Entry, FileReader, OpenRequest, Opened, Source};
+use super::{Checksum, Entry, FileReader, OpenRequest, Opened, Source};
 use crate::error::{Result, SourceError};
 
 /// Faults of a [`MemSource`].
@@ -104,11 +104,6 @@ impl MemSource {
 impl Source for MemSource {
     fn kind(&self) -> &'static str {
         "mem"
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            ranges: !self.whole_file,
-        }
     }
     async fn root(&self) -> Result<Entry> {
         Ok(Entry::dir("", ""))

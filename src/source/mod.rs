@@ -128,14 +128,6 @@ impl Entry {
     }
 }
 
-/// What a source can do, so the core picks the read strategy below it.
-#[derive(Debug, Clone, Copy)]
-pub struct Capabilities {
-    /// The API serves byte ranges. When false (Doris, Huawei) the cache fetches the whole file
-    /// once and serves every later range from it.
-    pub ranges: bool,
-}
-
 /// Parameters of an open.
 #[derive(Debug, Clone)]
 pub struct OpenRequest {
@@ -167,9 +159,15 @@ pub trait FileReader: Send + Sync {
 
     /// Streams exactly the bytes of `range` (`range.end <= size`, never empty), in order. The
     /// stream may fail part-way; the cache then asks again for the bytes still missing.
-    /// Sources without range support ignore `range` only if told `Capabilities::ranges=false`,
-    /// in which case the cache always asks for `0..size`.
+    /// A reader whose `ranges()` is false is always asked for `0..size`.
     async fn read_stream(&self, range: Range<u64>) -> Result<BoxStream<'static, Result<Bytes>>>;
+
+    /// A plain-`http://` URL and headers from which a ranged GET returns this version's bytes
+    /// as they are, for the zero-copy stream of a sequential reader (`crate::splice`). `None`
+    /// (the default) when the bytes need the provider's own handling.
+    fn raw_http(&self) -> Option<crate::splice::RawHttp> {
+        None
+    }
 }
 
 /// A remote file tree: a provider's API mapped to entries.
@@ -177,8 +175,6 @@ pub trait FileReader: Send + Sync {
 pub trait Source: Send + Sync + 'static {
     /// The config `type` of this source (`http`, `b2`, …), for logs and metrics.
     fn kind(&self) -> &'static str;
-
-    fn capabilities(&self) -> Capabilities;
 
     /// The root directory of the source. Called when mounting, so a bad credential or an
     /// unreachable endpoint fails the mount with a clear sentence instead of a later EIO.

@@ -33,6 +33,16 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The plain-HTTP emulator over `root` on 127.0.0.1, and the directory URL that mounts it.
+pub fn serve_http(rt: &tokio::runtime::Runtime, root: &Path) -> (fetchfs::emulate::Server, String) {
+    let emu = fetchfs::emulate::http::router(root);
+    let server = rt
+        .block_on(fetchfs::emulate::serve(emu.router, 0, emu.harness))
+        .unwrap();
+    let url = format!("{}/", server.base_url());
+    (server, url)
+}
+
 /// A temporary directory tree with deterministic pseudo-random file contents.
 pub fn make_tree(
     root: &Path,
@@ -260,4 +270,33 @@ pub fn cp_r_and_check_md5(m: &MountGuard, src: &Path, files: &[(PathBuf, Vec<u8>
             .unwrap_or_else(|| panic!("{rel} missing"));
         assert!(line.starts_with(&md5_hex(data)), "{rel}: {line}");
     }
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One scrape of a daemon's Prometheus endpoint on 127.0.0.1:`port` (HTTP/1.0: the connection
+/// closes after it).
+pub fn scrape_metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The value of the sample `name` (exact, labels included) in a scrape.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
 }

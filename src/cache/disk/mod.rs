@@ -35,10 +35,10 @@
 //!   cache of 1 MiB blocks.
 //! * **Bounded writing.** Puts run at the disk's write speed (on the development VM the same
 //!   0.1-2 GB/s as `dd`, depending on other writers), often below download and read speeds, so
-//!   at most `MAX_WAITING_PUTS` (32) wait for the writer; further puts are dropped (counted in
-//!   [`DiskStats::dropped_puts`]) rather than pinning memory and blocking threads. The daemon
-//!   itself puts through one [`DiskWriter`] thread, which makes downloads wait (bounded) for
-//!   the disk rather than drop blocks, and drains its queue at exit (see [`writer`]).
+//!   every put goes through one [`DiskWriter`] thread with a bounded queue: downloads wait
+//!   (bounded) for the disk rather than drop blocks, a block is dropped only when the disk is
+//!   stuck or far slower (counted in [`DiskStats::dropped_puts`]), and the queue is drained at
+//!   exit (see [`writer`]).
 //!
 //! # Locks
 //!
@@ -61,7 +61,7 @@ use std::io::{self, IoSlice, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -110,11 +110,6 @@ impl DiskError {
 const MAX_BLOCK_SIZE: u64 = 1 << 30;
 /// At most one "write failed" warning per this interval (a full disk fails every put).
 const WARN_INTERVAL: Duration = Duration::from_secs(60);
-/// Puts allowed to wait for the writer before further ones are dropped. Puts are as fast as the
-/// disk writes (down to about 120 MB/s on the development VM, where reads from the page cache
-/// run at several GB/s); when downloads outrun it, queueing more only pins the caller's buffers and
-/// blocking threads. 32 blocks are a quarter of a second of writes at that speed.
-const MAX_WAITING_PUTS: usize = 32;
 
 /// Counters and sizes of a cache directory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -129,7 +124,7 @@ pub struct DiskStats {
     pub hits: u64,
     pub misses: u64,
     pub evictions: u64,
-    /// Puts dropped because the disk could not keep up (too many already waiting to be written).
+    /// Blocks not stored because the disk writer could not keep up (see [`writer`]).
     pub dropped_puts: u64,
     /// PID of the daemon holding the directory, as far as [`DiskCache::stats_offline`] can tell.
     pub daemon_pid: Option<u32>,
@@ -151,7 +146,6 @@ pub struct DiskCache {
     evictions: AtomicU64,
     dropped_puts: AtomicU64,
     /// Puts waiting for or holding `writer`.
-    waiting_puts: AtomicUsize,
     warn: WarnLimiter,
     _lock: DirLock,
 }
@@ -236,7 +230,6 @@ impl DiskCache {
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             dropped_puts: AtomicU64::new(0),
-            waiting_puts: AtomicUsize::new(0),
             warn: WarnLimiter::default(),
             _lock: lock,
         };
@@ -304,6 +297,12 @@ impl DiskCache {
         if let Err(e) = self.try_put(key, data) {
             self.warn.warn(&e);
         }
+    }
+
+    /// Counts a block the writer could not queue (the disk was too slow or stuck).
+    pub fn count_dropped(&self) {
+        self.dropped_puts.fetch_add(1, Ordering::Relaxed);
+        Metrics::add(&metrics::global().disk_dropped_blocks, 1);
     }
 
     /// Drops every block of one version of one file (after it failed its checksum). A put of the
@@ -402,12 +401,6 @@ impl DiskCache {
         if self.state().lru.get(&id).is_some() {
             return Ok(());
         }
-        let _waiting = WaitingPut::enter(&self.waiting_puts).ok_or_else(|| {
-            self.dropped_puts.fetch_add(1, Ordering::Relaxed);
-            io::Error::other(format!(
-                "{MAX_WAITING_PUTS} blocks are already waiting to be written; dropping this one"
-            ))
-        })?;
         let _writer = lock_unpoisoned(&self.writer);
         if !self.evict_for(len) {
             tracing::debug!(
@@ -640,25 +633,6 @@ fn scan_blocks(blocks: &Path, tidy: bool, mut found: impl FnMut(BlockId, u64, Sy
     Ok(())
 }
 
-/// Counts a put in `waiting_puts` for its lifetime; refused beyond [`MAX_WAITING_PUTS`].
-struct WaitingPut<'a>(&'a AtomicUsize);
-
-impl<'a> WaitingPut<'a> {
-    fn enter(waiting: &'a AtomicUsize) -> Option<WaitingPut<'a>> {
-        if waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING_PUTS {
-            waiting.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(WaitingPut(waiting))
-    }
-}
-
-impl Drop for WaitingPut<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Logs the first failure at once and then at most one per [`WARN_INTERVAL`], with the number
 /// of failures not logged in between.
 #[derive(Debug, Default)]
@@ -677,33 +651,5 @@ impl WarnLimiter {
         *last = Some(Instant::now());
         let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
         tracing::warn!(suppressed, "disk cache write failed: {err}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn puts_beyond_the_waiting_limit_are_dropped_not_queued() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(tmp.path(), 1 << 20, 1024).unwrap();
-        let key = |i| BlockKey::new("s", "r", "v", i);
-        let writer = lock_unpoisoned(&cache.writer);
-        std::thread::scope(|s| {
-            for i in 0..MAX_WAITING_PUTS as u64 {
-                let cache = &cache;
-                s.spawn(move || cache.put(&key(i), b"queued"));
-            }
-            while cache.waiting_puts.load(Ordering::Acquire) < MAX_WAITING_PUTS {
-                std::thread::yield_now();
-            }
-            cache.put(&key(999), b"dropped");
-            assert_eq!(cache.stats().dropped_puts, 1);
-            drop(writer);
-        });
-        assert_eq!(cache.get(&key(999)), None);
-        assert_eq!(cache.stats().blocks, MAX_WAITING_PUTS as u64);
-        assert_eq!(cache.waiting_puts.load(Ordering::Acquire), 0);
     }
 }

@@ -19,7 +19,7 @@
 //! it is also cached there; at most [`QUEUE_BLOCKS`] blocks can outlive their eviction, which is
 //! the slack the memory budget already allows for in-flight data.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,46 +44,43 @@ struct Pending {
 /// Handle of the writer thread; dropping it lets the thread finish the queue and exit.
 pub struct DiskWriter {
     tx: mpsc::Sender<(BlockKey, Bytes)>,
+    disk: Arc<DiskCache>,
     pending: Arc<Pending>,
-    queued: Arc<AtomicUsize>,
     congested: Arc<AtomicBool>,
-    dropped: AtomicU64,
 }
 
 impl DiskWriter {
-    /// Starts the writer thread of `disk`.
-    pub fn spawn(disk: Arc<DiskCache>) -> DiskWriter {
+    /// Starts the writer thread of `disk`; `None` (logged) if no thread can be started, and
+    /// then nothing is written to the disk tier.
+    pub fn spawn(disk: Arc<DiskCache>) -> Option<DiskWriter> {
         let (tx, mut rx) = mpsc::channel::<(BlockKey, Bytes)>(QUEUE_BLOCKS);
         let pending = Arc::new(Pending::default());
-        let queued = Arc::new(AtomicUsize::new(0));
         let congested = Arc::new(AtomicBool::new(false));
-        let (p, q, c) = (pending.clone(), queued.clone(), congested.clone());
+        let (d, p, c) = (disk.clone(), pending.clone(), congested.clone());
         let spawned = std::thread::Builder::new().name("fetchfs-disk".into()).spawn(move || {
             while let Some((key, data)) = rx.blocking_recv() {
-                disk.put(&key, &data);
+                d.put(&key, &data);
                 drop(data);
-                if q.fetch_sub(1, Ordering::AcqRel) <= QUEUE_BLOCKS / 2 {
-                    c.store(false, Ordering::Release);
-                }
                 let mut n = p.count.lock().unwrap_or_else(|e| e.into_inner());
                 *n -= 1;
+                if *n <= QUEUE_BLOCKS / 2 {
+                    c.store(false, Ordering::Release);
+                }
                 if *n == 0 {
                     p.idle.notify_all();
                 }
             }
         });
         if let Err(e) = spawned {
-            // Without a thread the queue never drains: every submit then drops its block.
             tracing::warn!(error = %e, "cannot start the disk cache writer; blocks will not be stored");
-            congested.store(true, Ordering::Release);
+            return None;
         }
-        DiskWriter {
+        Some(DiskWriter {
             tx,
+            disk,
             pending,
-            queued,
             congested,
-            dropped: AtomicU64::new(0),
-        }
+        })
     }
 
     /// Queues one block for the disk, waiting at most [`SUBMIT_WAIT`] for room (none while the
@@ -102,12 +99,11 @@ impl DiskWriter {
             }
         };
         let Some(permit) = permit else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.disk.count_dropped();
             tracing::debug!(remote = %key.remote, index = key.index, "disk cache writer busy; block not stored");
             return false;
         };
         *self.pending.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        self.queued.fetch_add(1, Ordering::AcqRel);
         permit.send((key, data));
         true
     }
@@ -131,11 +127,6 @@ impl DiskWriter {
         }
         true
     }
-
-    /// Blocks not stored because the writer was busy.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
 }
 
 #[cfg(test)]
@@ -151,7 +142,7 @@ mod tests {
     async fn every_submitted_block_is_on_disk_after_flush() {
         let dir = tempfile::tempdir().unwrap();
         let disk = Arc::new(DiskCache::open(dir.path(), 64 << 20, 4096).unwrap());
-        let w = DiskWriter::spawn(disk.clone());
+        let w = DiskWriter::spawn(disk.clone()).unwrap();
         for i in 0..200 {
             assert!(
                 w.submit(key(i), Bytes::from(vec![i as u8; 4096])).await,
@@ -166,14 +157,48 @@ mod tests {
                 "block {i}"
             );
         }
-        assert_eq!(w.dropped(), 0);
+        assert_eq!(disk.stats().dropped_puts, 0);
+    }
+
+    // Holding the disk's writer lock across the submits is the point: it is the stuck disk.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_disk_costs_one_wait_then_drops_until_the_queue_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Arc::new(DiskCache::open(dir.path(), 64 << 20, 4096).unwrap());
+        let w = DiskWriter::spawn(disk.clone()).unwrap();
+        let block = |i: u64| Bytes::from(vec![i as u8; 4096]);
+        let stuck = super::super::lock_unpoisoned(&disk.writer);
+        // One block in the writer's hands (blocked on the disk) and a full queue behind it.
+        let mut accepted = 0;
+        for i in 0..=QUEUE_BLOCKS as u64 {
+            assert!(
+                w.submit(key(i), block(i)).await,
+                "block {i} refused before the queue was full"
+            );
+            accepted += 1;
+        }
+        let t = Instant::now();
+        assert!(!w.submit(key(100), block(100)).await, "a full queue must not take more");
+        assert!(t.elapsed() >= SUBMIT_WAIT, "the first refusal waits for room");
+        let t = Instant::now();
+        assert!(!w.submit(key(101), block(101)).await);
+        assert!(t.elapsed() < SUBMIT_WAIT / 5, "while congested, refusals do not wait");
+        assert_eq!(disk.stats().dropped_puts, 2);
+        drop(stuck);
+        assert!(w.flush(Duration::from_secs(10)));
+        assert_eq!(disk.stats().blocks, accepted);
+        // Drained: blocks are taken again.
+        assert!(w.submit(key(102), block(102)).await);
+        assert!(w.flush(Duration::from_secs(10)));
+        assert_eq!(disk.get(&key(102)).as_deref(), Some(&block(102)[..]));
     }
 
     #[test]
     fn flush_of_an_idle_writer_returns_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let disk = Arc::new(DiskCache::open(dir.path(), 1 << 20, 4096).unwrap());
-        let w = DiskWriter::spawn(disk);
+        let w = DiskWriter::spawn(disk).unwrap();
         let t = Instant::now();
         assert!(w.flush(Duration::from_secs(5)));
         assert!(t.elapsed() < Duration::from_secs(1));

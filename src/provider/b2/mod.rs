@@ -62,7 +62,7 @@ use crate::config::{ConfigError, resolve_secret};
 use crate::error::{Result, SourceError};
 use crate::http::auth::{Token, TokenCache};
 use crate::http::{Http, HttpOptions, range};
-use crate::source::{Capabilities, Entry, FileReader, OpenRequest, Opened, Source};
+use crate::source::{Entry, FileReader, OpenRequest, Opened, Source};
 
 /// The authorization realm of the public service.
 pub const DEFAULT_ENDPOINT: &str = "https://api.backblazeb2.com";
@@ -669,10 +669,6 @@ pub(crate) fn version_name(f: &api::FileVersion) -> String {
 impl Source for B2Source {
     fn kind(&self) -> &'static str {
         "b2"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { ranges: true }
     }
 
     async fn root(&self) -> Result<Entry> {
