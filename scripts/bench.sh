@@ -41,7 +41,8 @@ fi
 export RUN_ID=${RUN_ID:-fetchfs-$(date +%Y%m%d-%H%M%S)}
 extra() {
   [ "${EXTRA:-1}" = 1 ] || return 0
-  local m=(direct "$ROOT/scripts/bench/fetchfs-disk.sh")
+  # fetchfs twice: without a disk tier (sequential reads spliced, src/splice.rs) and with one.
+  local m=(direct "$ROOT/scripts/bench/fetchfs.sh" "$ROOT/scripts/bench/fetchfs-disk.sh")
   command -v httpdirfs >/dev/null && m+=(httpdirfs-cache)
   command -v rclone >/dev/null && m+=(rclone-full)
   echo

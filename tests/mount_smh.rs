@@ -179,3 +179,41 @@ fn versions_symlinks_and_xattrs_are_visible_through_the_mount() {
     assert!(attrs.contains("user.smh.meta.owner=\"ann\""), "{attrs}");
     assert!(attrs.contains("user.smh.content_type=\"text/plain\""), "{attrs}");
 }
+
+#[test]
+fn a_large_file_streams_through_the_crc64_check_and_a_wrong_one_still_fails() {
+    if !can_mount() {
+        return;
+    }
+    let fx = fixture();
+    let data = pseudo_random(64 << 20, 13);
+    write(fx.data.path(), "good.bin", &data);
+    write(fx.data.path(), "bad.bin", &data);
+    fx.ctl.publish_wrong_crc64("bad.bin");
+    let cfg = fx.config(false);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let m = MountGuard::start(&["--config", &cfg, "--metrics-addr", &addr]);
+    let (ok, sum, err) = sh(
+        &format!("md5sum < {}", m.path("smh/good.bin").display()),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{err}");
+    assert!(sum.starts_with(&md5_hex(&data)), "{sum}");
+    let spliced = metric(&scrape_metrics(port), "fetchfs_read_spliced_bytes_total").unwrap();
+    // The first MiB go through the cache while the prefetcher learns the reader is sequential.
+    assert!(
+        spliced >= (16 << 20) as f64,
+        "only {spliced} bytes spliced\n{}",
+        m.log_text()
+    );
+    // The stream hashes each reply before the kernel gets it: the last one fails, twice.
+    for attempt in 0..2 {
+        let (ok, _, err) = sh(
+            &format!("cat {} > /dev/null", m.path("smh/bad.bin").display()),
+            Duration::from_secs(60),
+        );
+        assert!(!ok, "attempt {attempt}: a wrong CRC-64 read cleanly\n{}", m.log_text());
+        assert!(err.contains("Input/output error"), "attempt {attempt}: {err}");
+    }
+}

@@ -27,7 +27,7 @@ pub mod verify;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -37,7 +37,7 @@ use crate::cache::prefetch::Prefetcher;
 use crate::error::SourceError;
 use crate::metrics::{Metrics, global};
 use crate::source::{Entry, EntryKind, OpenRequest, Source};
-use crate::splice::{FuseDev, STREAM_AFTER, Served, Streamer};
+use crate::splice::{FuseDev, STREAM_AFTER, Served, Sink, Streamer};
 use inode::{InodeTable, Listing, Node, ROOT};
 use verify::{Verdict, Verifier};
 
@@ -155,6 +155,22 @@ struct Handle {
     stream: Option<Arc<Streamer>>,
 }
 
+/// Feeds a streaming handle's bytes to its checksum verifier ([`FsCore::verify`]).
+struct VerifySink {
+    core: Weak<FsCore>,
+    handle: Weak<Handle>,
+}
+
+#[async_trait::async_trait]
+impl Sink for VerifySink {
+    async fn take(&self, offset: u64, data: Bytes) -> Result<(), String> {
+        let (Some(core), Some(h)) = (self.core.upgrade(), self.handle.upgrade()) else {
+            return Err("the file was closed".into());
+        };
+        core.verify(&h, offset, &data).await.map_err(|e| e.to_string())
+    }
+}
+
 /// Retires an announced READ when dropped.
 struct Retire(Arc<Streamer>, u64);
 
@@ -186,6 +202,8 @@ pub struct FsCore {
     cache: Arc<BlockCache>,
     invalidate: OnceLock<Invalidate>,
     fuse_dev: OnceLock<Arc<FuseDev>>,
+    /// This core, for the verifying sinks of streams (which must not keep it alive).
+    me: Weak<FsCore>,
 }
 
 impl FsCore {
@@ -232,7 +250,8 @@ impl FsCore {
             }));
             t
         };
-        Arc::new(FsCore {
+        Arc::new_cyclic(|me| FsCore {
+            me: me.clone(),
             cfg,
             sources,
             table: Mutex::new(table),
@@ -554,21 +573,34 @@ impl FsCore {
             .clone()
             .filter(|_| fresh.size > 0)
             .map(|c| Verifier::new(c, fresh.size));
-        // The bytes of a stream never enter the daemon: no checksum, no disk tier.
-        let stream = match self.fuse_dev.get() {
-            Some(dev) if self.cfg.splice && verifier.is_none() && self.cache.disk().is_none() => ctx
-                .reader
-                .raw_http()
-                .map(|t| Arc::new(Streamer::new(t, dev.clone(), self.cfg.io_timeout))),
+        // A stream's bytes never reach the cache, so not with a disk tier (whose point is to
+        // keep them). A file with a checksum streams through a sink that hashes each reply
+        // before the kernel gets it.
+        let raw = match self.fuse_dev.get() {
+            Some(dev) if self.cfg.splice && self.cache.disk().is_none() => {
+                ctx.reader.raw_http().map(|t| (t, dev.clone()))
+            }
             _ => None,
         };
-        let handle = Arc::new(Handle {
-            ino,
-            ctx,
-            validator,
-            prefetch: Mutex::new(Prefetcher::new(self.cfg.max_window, self.cfg.max_request)),
-            verifier: tokio::sync::Mutex::new(verifier),
-            stream,
+        let verified = verifier.is_some();
+        let handle = Arc::new_cyclic(|me: &Weak<Handle>| {
+            let stream = raw.map(|(target, dev)| {
+                let sink = verified.then(|| {
+                    Arc::new(VerifySink {
+                        core: self.me.clone(),
+                        handle: me.clone(),
+                    }) as Arc<dyn Sink>
+                });
+                Arc::new(Streamer::new(target, dev, self.cfg.io_timeout, sink))
+            });
+            Handle {
+                ino,
+                ctx,
+                validator,
+                prefetch: Mutex::new(Prefetcher::new(self.cfg.max_window, self.cfg.max_request)),
+                verifier: tokio::sync::Mutex::new(verifier),
+                stream,
+            }
         });
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().unwrap().insert(fh, handle);
@@ -633,7 +665,15 @@ impl FsCore {
                 match s.serve(unique, range.clone()).await {
                     Served::Spliced | Served::Gone => return Ok(ReadOut::Spliced),
                     Served::Data(d) => return Ok(ReadOut::Data(d)),
-                    Served::NotMine => {}
+                    Served::NotMine => {
+                        // A stream's sink may have found the checksum wrong just now.
+                        let t = self.table.lock().unwrap();
+                        if let Some(n) = t.get(h.ino)
+                            && n.bad_version.as_deref() == Some(h.validator.as_str())
+                        {
+                            return Err(FsError::BadVersion(h.validator.clone()));
+                        }
+                    }
                 }
             } else if !plan.direct && plan.window >= STREAM_AFTER && s.available() {
                 // Blocks up to what the prefetcher already asked for come from the cache, and

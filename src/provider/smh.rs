@@ -1095,6 +1095,15 @@ impl SmhReader {
 
 #[async_trait]
 impl FileReader for SmhReader {
+    fn raw_http(&self) -> Option<crate::splice::RawHttp> {
+        // The signed URL as it is now; one that has expired answers 403 and the handle reads
+        // the ordinary way, which renews it.
+        let url = self.signed.try_lock().ok()?.0.clone();
+        let mut raw = crate::splice::RawHttp::new((*url).clone(), Default::default());
+        raw.pin = self.crc64.clone().map(|c| ("x-cos-hash-crc64ecma".to_string(), c));
+        (url.scheme() == "http").then_some(raw)
+    }
+
     async fn read_stream(&self, r: Range<u64>) -> Result<BoxStream<'static, Result<Bytes>>> {
         let (mut url, mut generation) = self.signed.lock().await.clone();
         let header = HeaderValue::from_str(&range::header_value(&r)).expect("ascii");
