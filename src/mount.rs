@@ -276,7 +276,8 @@ pub fn mount_core(
     fc.n_threads = Some(2);
     fc.clone_fd = false;
     let mut fs = crate::fuse::FuseFs::new(core.clone(), rt.handle().clone());
-    if cfg.cache.splice {
+    // Splice is never used with a disk tier (crate::splice, "When"): full-size READs then.
+    if cfg.cache.splice && cfg.cache.dir.is_none() {
         match crate::splice::pipe_capacity() {
             // A reply must fit one pipe: READs of 1 MiB need a 2 MiB pipe (socket buffers of a
             // page or less each, plus the header's); an unprivileged 1 MiB pipe takes 512 KiB.

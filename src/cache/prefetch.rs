@@ -50,6 +50,8 @@ use std::ops::Range;
 
 /// First window of a sequential reader: two blocks is enough for `head`/`file`/`tar` headers.
 pub const INITIAL_WINDOW: u64 = 2 << 20;
+/// Contiguous bytes a run must have read since a seek before it is taken for sequential.
+pub const SEQ_START: u64 = 2 << 20;
 /// Distance from the expected offset still treated as sequential: the kernel keeps up to its
 /// readahead (4 MiB when we raise it) of requests in flight and may answer them out of order.
 pub const SEQ_SLACK: u64 = 8 << 20;
@@ -117,19 +119,26 @@ impl Prefetcher {
             Some(exp) => offset - exp <= SEQ_SLACK,
         };
         if sequential {
-            if self.window == 0 {
-                self.streak_start = if self.expected.is_none() { 0 } else { offset };
+            if self.expected.is_none() {
+                self.streak_start = 0;
             }
             let read_so_far = end.saturating_sub(self.streak_start);
             let cap = self.max_window.min((read_so_far / 2).max(INITIAL_WINDOW));
             self.window = if self.window == 0 {
-                INITIAL_WINDOW
+                // After a seek, a run must reach SEQ_START before it is a sequential reader:
+                // a 1 MiB read the kernel splits into 512 KiB READs is still a random one.
+                if self.expected.is_none() || read_so_far >= SEQ_START {
+                    INITIAL_WINDOW
+                } else {
+                    0
+                }
             } else {
                 (self.window * 2).min(cap)
             };
         } else {
             self.window = 0;
             self.scheduled_to = 0;
+            self.streak_start = offset;
         }
         // Reads out of order must not move the expectation backwards.
         self.expected = Some(match self.expected {
