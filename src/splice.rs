@@ -632,6 +632,37 @@ fn check_response(resp: &httparse::Response<'_, '_>, range: &Range<u64>) -> io::
     Ok(())
 }
 
+/// A READ registered as waiting at its offset; unregistered when dropped.
+struct Waiter<'a> {
+    streamer: &'a Streamer,
+    offset: u64,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl<'a> Waiter<'a> {
+    fn new(streamer: &'a Streamer, offset: u64) -> Waiter<'a> {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        streamer.waiters.lock().unwrap().insert(offset, notify.clone());
+        Waiter {
+            streamer,
+            offset,
+            notify,
+        }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut w = self.streamer.waiters.lock().unwrap();
+        if w.get(&self.offset).is_some_and(|n| Arc::ptr_eq(n, &self.notify)) {
+            w.remove(&self.offset);
+        }
+    }
+}
+
+/// Longest a waiting READ sleeps before it looks at the stream again.
+const WAKE_SLICE: Duration = Duration::from_millis(20);
+
 /// Position published when no stream is open.
 const NONE: u64 = u64::MAX;
 
@@ -647,6 +678,8 @@ pub struct Streamer {
     timeout: Duration,
     /// Offsets of READs received from the kernel and not yet answered ([`Streamer::announce`]).
     arrived: std::sync::Mutex<Vec<u64>>,
+    /// READs waiting for the stream to reach them, by offset.
+    waiters: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<tokio::sync::Notify>>>,
     sink: Option<Arc<dyn Sink>>,
 }
 
@@ -661,6 +694,7 @@ impl Streamer {
             off: AtomicBool::new(false),
             timeout,
             arrived: std::sync::Mutex::new(Vec::new()),
+            waiters: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             sink,
         }
     }
@@ -679,7 +713,7 @@ impl Streamer {
         if !self.off.swap(true, Ordering::Relaxed) {
             tracing::debug!(url = %crate::provider::http::display_url(&self.target.url), "splice stream closed: {why}");
         }
-        self.pos.send_replace(NONE);
+        self.set_pos(NONE);
     }
 
     /// Opens a stream of `range` in the background. READs at or past its start wait for it;
@@ -692,7 +726,7 @@ impl Streamer {
         let Ok(guard) = self.state.clone().try_lock_owned() else {
             return;
         };
-        self.pos.send_replace(range.start);
+        self.set_pos(range.start);
         let me = self.clone();
         tokio::spawn(async move { me.open(guard, range).await });
     }
@@ -721,8 +755,30 @@ impl Streamer {
         if let Some(i) = a.iter().position(|&o| o == offset) {
             a.swap_remove(i);
             drop(a);
-            // READs waiting for this one look again.
-            self.pos.send_modify(|_| {});
+            // The READ the next waiter waited for has gone elsewhere: it looks again.
+            if offset == *self.pos.borrow() {
+                self.wake_from(offset);
+            }
+        }
+    }
+
+    /// Publishes the stream's position and wakes the READ that waits there (or, when the
+    /// stream closes, every waiting READ).
+    fn set_pos(&self, pos: u64) {
+        self.pos.send_replace(pos);
+        if pos == NONE {
+            for n in self.waiters.lock().unwrap().values() {
+                n.notify_one();
+            }
+        } else {
+            self.wake_from(pos);
+        }
+    }
+
+    /// Wakes the first READ waiting at or after `pos`.
+    fn wake_from(&self, pos: u64) {
+        if let Some((_, n)) = self.waiters.lock().unwrap().range(pos..).next() {
+            n.notify_one();
         }
     }
 
@@ -749,16 +805,20 @@ impl Streamer {
         let mut state = self.state.lock().await;
         if state.as_ref().is_some_and(|s| s.pos == pos && !s.torn) {
             *state = None;
-            self.pos.send_replace(NONE);
+            self.set_pos(NONE);
         }
     }
 
     /// Offers READ `unique` of `range` to the stream.
     pub async fn serve(&self, unique: u64, range: Range<u64>) -> Served {
-        let mut rx = self.pos.subscribe();
         let mut deadline = tokio::time::Instant::now() + ORDER_WAIT;
+        let patience = tokio::time::Instant::now() + self.timeout;
+        // Woken only when the stream reaches this READ or the READ it waits for leaves (see
+        // `wake_from`): with dozens of READs in flight, waking all of them at every reply cost
+        // more CPU than the replies.
+        let waiter = Waiter::new(self, range.start);
         loop {
-            let pos = *rx.borrow_and_update();
+            let pos = *self.pos.borrow();
             if pos == NONE {
                 return Served::NotMine;
             }
@@ -778,9 +838,10 @@ impl Streamer {
             // retire), so wait for it however long it takes (the FUSE bound still applies).
             // Otherwise it may never come (a reader that skips): wait only briefly, and not at
             // all for a jump too far to pass over.
-            let until = if self.has_arrived(pos) {
-                deadline = tokio::time::Instant::now() + ORDER_WAIT;
-                tokio::time::Instant::now() + self.timeout
+            let now = tokio::time::Instant::now();
+            let limit = if self.has_arrived(pos) {
+                deadline = now + ORDER_WAIT;
+                patience
             } else if range.start - pos > STREAM_SLACK {
                 tracing::debug!(?range, pos, "a jump closes the stream");
                 self.close(pos).await;
@@ -788,12 +849,14 @@ impl Streamer {
             } else {
                 deadline
             };
-            match tokio::time::timeout_at(until, rx.changed()).await {
-                Ok(Ok(())) => continue,
+            if now >= limit {
                 // Waited long enough for the READs before this one: pass over their bytes.
-                _ => break,
+                break;
             }
+            // Look again at least every WAKE_SLICE, so a lost wake-up costs that, not a stall.
+            let _ = tokio::time::timeout_at(limit.min(now + WAKE_SLICE), waiter.notify.notified()).await;
         }
+        drop(waiter);
         let mut state = self.state.lock().await;
         let Some(stream) = state.as_mut() else {
             return Served::NotMine;
@@ -821,7 +884,7 @@ impl Streamer {
         match result {
             Ok(served) => {
                 let done = stream.pos >= stream.end;
-                self.pos.send_replace(if done { NONE } else { stream.pos });
+                self.set_pos(if done { NONE } else { stream.pos });
                 if done {
                     // The whole rest of the file went through; nothing more to stream.
                     *state = None;
