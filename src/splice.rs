@@ -632,6 +632,18 @@ fn check_response(resp: &httparse::Response<'_, '_>, range: &Range<u64>) -> io::
     Ok(())
 }
 
+impl Drop for Streamer {
+    fn drop(&mut self) {
+        let [spliced, copied, _, ordinary, wakes] = self.tally.each_ref().map(|t| t.load(Ordering::Relaxed));
+        if spliced + copied + ordinary > 0 {
+            tracing::debug!(
+                url = %crate::provider::http::display_url(&self.target.url),
+                spliced, copied, ordinary, wakes, "splice stream tally"
+            );
+        }
+    }
+}
+
 /// A READ registered as waiting at its offset; unregistered when dropped.
 struct Waiter<'a> {
     streamer: &'a Streamer,
@@ -678,6 +690,9 @@ pub struct Streamer {
     timeout: Duration,
     /// Offsets of READs received from the kernel and not yet answered ([`Streamer::announce`]).
     arrived: std::sync::Mutex<Vec<u64>>,
+    /// What became of this handle's READs, for the debug line when it closes: spliced, copied
+    /// (pipe full), served from passed-over bytes, sent the ordinary way, wake-ups.
+    tally: [std::sync::atomic::AtomicU64; 5],
     /// READs waiting for the stream to reach them, by offset.
     waiters: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<tokio::sync::Notify>>>,
     sink: Option<Arc<dyn Sink>>,
@@ -695,6 +710,7 @@ impl Streamer {
             timeout,
             arrived: std::sync::Mutex::new(Vec::new()),
             waiters: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            tally: Default::default(),
             sink,
         }
     }
@@ -811,6 +827,17 @@ impl Streamer {
 
     /// Offers READ `unique` of `range` to the stream.
     pub async fn serve(&self, unique: u64, range: Range<u64>) -> Served {
+        let served = self.serve_inner(unique, range).await;
+        let i = match &served {
+            Served::Spliced | Served::Gone => 0,
+            Served::Data(_) => 1,
+            Served::NotMine => 3,
+        };
+        self.tally[i].fetch_add(1, Ordering::Relaxed);
+        served
+    }
+
+    async fn serve_inner(&self, unique: u64, range: Range<u64>) -> Served {
         let mut deadline = tokio::time::Instant::now() + ORDER_WAIT;
         let patience = tokio::time::Instant::now() + self.timeout;
         // Woken only when the stream reaches this READ or the READ it waits for leaves (see
@@ -855,6 +882,7 @@ impl Streamer {
             }
             // Look again at least every WAKE_SLICE, so a lost wake-up costs that, not a stall.
             let _ = tokio::time::timeout_at(limit.min(now + WAKE_SLICE), waiter.notify.notified()).await;
+            self.tally[4].fetch_add(1, Ordering::Relaxed);
         }
         drop(waiter);
         let mut state = self.state.lock().await;
