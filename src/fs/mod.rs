@@ -27,7 +27,7 @@ pub mod verify;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -37,7 +37,7 @@ use crate::cache::prefetch::Prefetcher;
 use crate::error::SourceError;
 use crate::metrics::{Metrics, global};
 use crate::source::{Entry, EntryKind, OpenRequest, Source};
-use crate::splice::{FuseDev, STREAM_AFTER, Served, Sink, Streamer};
+use crate::splice::{FuseDev, STREAM_AFTER, Served, Streamer};
 use inode::{InodeTable, Listing, Node, ROOT};
 use verify::{Verdict, Verifier};
 
@@ -155,21 +155,9 @@ struct Handle {
     stream: Option<Arc<Streamer>>,
 }
 
-/// Feeds a streaming handle's bytes to its checksum verifier ([`FsCore::verify`]).
-struct VerifySink {
-    core: Weak<FsCore>,
-    handle: Weak<Handle>,
-}
-
-#[async_trait::async_trait]
-impl Sink for VerifySink {
-    async fn take(&self, offset: u64, data: Bytes) -> Result<(), String> {
-        let (Some(core), Some(h)) = (self.core.upgrade(), self.handle.upgrade()) else {
-            return Err("the file was closed".into());
-        };
-        core.verify(&h, offset, &data).await.map_err(|e| e.to_string())
-    }
-}
+/// Furthest a read may land beyond the verified prefix and still be verified (the gap is
+/// filled from the cache); further is a seek, and the handle's checksum is not checked.
+const VERIFY_MAX_GAP: u64 = 32 << 20;
 
 /// Retires an announced READ when dropped.
 struct Retire(Arc<Streamer>, u64);
@@ -202,8 +190,6 @@ pub struct FsCore {
     cache: Arc<BlockCache>,
     invalidate: OnceLock<Invalidate>,
     fuse_dev: OnceLock<Arc<FuseDev>>,
-    /// This core, for the verifying sinks of streams (which must not keep it alive).
-    me: Weak<FsCore>,
 }
 
 impl FsCore {
@@ -250,8 +236,7 @@ impl FsCore {
             }));
             t
         };
-        Arc::new_cyclic(|me| FsCore {
-            me: me.clone(),
+        Arc::new(FsCore {
             cfg,
             sources,
             table: Mutex::new(table),
@@ -573,34 +558,29 @@ impl FsCore {
             .clone()
             .filter(|_| fresh.size > 0)
             .map(|c| Verifier::new(c, fresh.size));
-        // A stream's bytes never reach the cache, so not with a disk tier (whose point is to
-        // keep them). A file with a checksum streams through a sink that hashes each reply
-        // before the kernel gets it.
-        let raw = match self.fuse_dev.get() {
-            Some(dev) if self.cfg.splice && self.cache.disk().is_none() => {
-                ctx.reader.raw_http().map(|t| (t, dev.clone()))
+        // A stream's bytes never enter the daemon: not with a disk tier (whose point is to keep
+        // them), nor for a file with a checksum (see crate::splice, "When").
+        let stream = match self.fuse_dev.get() {
+            Some(dev)
+                if self.cfg.splice
+                    && self.cache.disk().is_none()
+                    && verifier.is_none()
+                    && fresh.size > STREAM_AFTER =>
+            {
+                ctx.reader
+                    .raw_http()
+                    .await
+                    .map(|t| Arc::new(Streamer::new(t, dev.clone(), self.cfg.io_timeout)))
             }
             _ => None,
         };
-        let verified = verifier.is_some();
-        let handle = Arc::new_cyclic(|me: &Weak<Handle>| {
-            let stream = raw.map(|(target, dev)| {
-                let sink = verified.then(|| {
-                    Arc::new(VerifySink {
-                        core: self.me.clone(),
-                        handle: me.clone(),
-                    }) as Arc<dyn Sink>
-                });
-                Arc::new(Streamer::new(target, dev, self.cfg.io_timeout, sink))
-            });
-            Handle {
-                ino,
-                ctx,
-                validator,
-                prefetch: Mutex::new(Prefetcher::new(self.cfg.max_window, self.cfg.max_request)),
-                verifier: tokio::sync::Mutex::new(verifier),
-                stream,
-            }
+        let handle = Arc::new(Handle {
+            ino,
+            ctx,
+            validator,
+            prefetch: Mutex::new(Prefetcher::new(self.cfg.max_window, self.cfg.max_request)),
+            verifier: tokio::sync::Mutex::new(verifier),
+            stream,
         });
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().unwrap().insert(fh, handle);
@@ -665,15 +645,7 @@ impl FsCore {
                 match s.serve(unique, range.clone()).await {
                     Served::Spliced | Served::Gone => return Ok(ReadOut::Spliced),
                     Served::Data(d) => return Ok(ReadOut::Data(d)),
-                    Served::NotMine => {
-                        // A stream's sink may have found the checksum wrong just now.
-                        let t = self.table.lock().unwrap();
-                        if let Some(n) = t.get(h.ino)
-                            && n.bad_version.as_deref() == Some(h.validator.as_str())
-                        {
-                            return Err(FsError::BadVersion(h.validator.clone()));
-                        }
-                    }
+                    Served::NotMine => {}
                 }
             } else if !plan.direct && plan.window >= STREAM_AFTER && s.available() {
                 // Blocks up to what the prefetcher already asked for come from the cache, and
@@ -697,9 +669,12 @@ impl FsCore {
         };
         let all_present = (range.start / bs..=(range.end - 1) / bs).all(|b| self.cache.present(&h.ctx, b));
         if plan.direct && h.ctx.reader.ranges() && !all_present {
-            // Random access: fetch exactly what was asked, leave the block cache alone.
-            *h.verifier.lock().await = None;
-            return Ok(ReadOut::Data(self.direct_read(&h.ctx, range).await?));
+            // Random access: fetch exactly what was asked, leave the block cache alone. The
+            // checksum still follows (a sequential reader's READs, reordered by a loaded
+            // machine, can look random); a real seek ends it (`verify`).
+            let data = self.direct_read(&h.ctx, range.clone()).await?;
+            self.verify(&h, range.start, &data).await?;
+            return Ok(ReadOut::Data(data));
         }
         // The kernel keeps many readahead READs in flight, so a sequential reader's reads can
         // land beyond the prefetch window. A miss then fetches the whole aligned request-sized
@@ -779,6 +754,12 @@ impl FsCore {
     async fn verify(&self, h: &Handle, offset: u64, data: &Bytes) -> FsResult<()> {
         let mut guard = h.verifier.lock().await;
         let Some(v) = guard.as_mut() else { return Ok(()) };
+        if offset > v.pos + VERIFY_MAX_GAP {
+            // Not a reader going from 0 to EOF: nothing to verify, and no gap worth fetching.
+            tracing::debug!(remote = %h.ctx.key.remote, at = offset, hashed = v.pos, "read out of order: checksum not verified");
+            *guard = None;
+            return Ok(());
+        }
         // Fill a gap left by reads answered out of order, from the cache.
         while v.pos < offset {
             let bs = self.cache.block_size();

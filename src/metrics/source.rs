@@ -95,9 +95,9 @@ impl FileReader for MeteredReader {
         self.inner.ranges()
     }
 
-    fn raw_http(&self) -> Option<crate::splice::RawHttp> {
+    async fn raw_http(&self) -> Option<crate::splice::RawHttp> {
         let m = self.m.clone();
-        self.inner.raw_http().map(|mut raw| {
+        self.inner.raw_http().await.map(|mut raw| {
             raw.on_bytes = Some(Arc::new(move |n| {
                 m.bytes.fetch_add(n, Ordering::Relaxed);
             }));

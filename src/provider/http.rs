@@ -596,7 +596,7 @@ impl FileReader for HttpReader {
         !self.whole.load(Ordering::Relaxed)
     }
 
-    fn raw_http(&self) -> Option<crate::splice::RawHttp> {
+    async fn raw_http(&self) -> Option<crate::splice::RawHttp> {
         // A stream goes to one host without following redirects, like a credentialed GET.
         (self.url.scheme() == "http" && self.ranges())
             .then(|| crate::splice::RawHttp::new(self.url.clone(), self.headers.clone()))

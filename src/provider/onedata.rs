@@ -878,7 +878,7 @@ struct OnedataReader {
 
 #[async_trait]
 impl FileReader for OnedataReader {
-    fn raw_http(&self) -> Option<crate::splice::RawHttp> {
+    async fn raw_http(&self) -> Option<crate::splice::RawHttp> {
         let url = url::Url::parse(&self.url).ok().filter(|u| u.scheme() == "http")?;
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert("x-auth-token", self.token.clone());

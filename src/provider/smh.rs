@@ -1095,10 +1095,10 @@ impl SmhReader {
 
 #[async_trait]
 impl FileReader for SmhReader {
-    fn raw_http(&self) -> Option<crate::splice::RawHttp> {
+    async fn raw_http(&self) -> Option<crate::splice::RawHttp> {
         // The signed URL as it is now; one that has expired answers 403 and the handle reads
         // the ordinary way, which renews it.
-        let url = self.signed.try_lock().ok()?.0.clone();
+        let url = self.signed.lock().await.0.clone();
         let mut raw = crate::splice::RawHttp::new((*url).clone(), Default::default());
         raw.pin = self.crc64.clone().map(|c| ("x-cos-hash-crc64ecma".to_string(), c));
         (url.scheme() == "http").then_some(raw)

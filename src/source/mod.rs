@@ -165,7 +165,7 @@ pub trait FileReader: Send + Sync {
     /// A plain-`http://` URL and headers from which a ranged GET returns this version's bytes
     /// as they are, for the zero-copy stream of a sequential reader (`crate::splice`). `None`
     /// (the default) when the bytes need the provider's own handling.
-    fn raw_http(&self) -> Option<crate::splice::RawHttp> {
+    async fn raw_http(&self) -> Option<crate::splice::RawHttp> {
         None
     }
 }

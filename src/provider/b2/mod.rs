@@ -807,6 +807,25 @@ struct B2Reader {
 
 #[async_trait]
 impl FileReader for B2Reader {
+    async fn raw_http(&self) -> Option<crate::splice::RawHttp> {
+        // SSE-C keys stay with the ordinary path; a token that has expired by the time the
+        // stream opens answers 401 and the handle reads the ordinary way, which renews it.
+        if self.sse || self.size == 0 {
+            return None;
+        }
+        let session = self.inner.session().await.ok()?.value;
+        let mut url = session.download_by_id();
+        if url.scheme() != "http" {
+            return None;
+        }
+        url.query_pairs_mut().append_pair("fileId", &self.file_id);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(AUTHORIZATION, session.auth.clone());
+        let mut raw = crate::splice::RawHttp::new(url, headers);
+        raw.pin = Some(("x-bz-file-id".into(), self.file_id.clone()));
+        Some(raw)
+    }
+
     async fn read_stream(&self, r: Range<u64>) -> Result<BoxStream<'static, Result<Bytes>>> {
         if r.is_empty() {
             return Ok(futures_util::stream::empty().boxed());
