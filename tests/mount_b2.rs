@@ -38,6 +38,11 @@ fn fixture(opts: B2EmuOptions, fill: impl FnOnce(&Path)) -> Fixture {
 impl Fixture {
     /// Mounts the bucket as source `b2` through a private config file.
     fn mount(&self) -> MountGuard {
+        self.mount_with(&[])
+    }
+
+    /// [`Fixture::mount`] with more mount arguments.
+    fn mount_with(&self, extra: &[&str]) -> MountGuard {
         let cfg = self.data.path().join("fetchfs.toml");
         std::fs::write(
             &cfg,
@@ -49,7 +54,9 @@ impl Fixture {
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
-        MountGuard::start(&["--config", cfg.to_str().unwrap()])
+        let mut args = vec!["--config", cfg.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        MountGuard::start(&args)
     }
 }
 
@@ -204,4 +211,31 @@ fn ls_shows_a_name_that_is_both_file_and_folder_twice() {
         Duration::from_secs(10),
     );
     assert_eq!(cat, "the file a\ninner\n");
+}
+
+#[test]
+fn a_large_file_without_any_sha1_is_spliced_with_the_token_and_exact() {
+    if !can_mount() {
+        return;
+    }
+    let big = pseudo_random(40 << 20, 17);
+    let fx = fixture(
+        B2EmuOptions {
+            // contentSha1 "none" and no large_file_sha1: nothing to verify, so it may stream.
+            large_file_threshold: Some(1 << 20),
+            ..B2EmuOptions::default()
+        },
+        |b| std::fs::write(b.join("big.bin"), &big).unwrap(),
+    );
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let m = fx.mount_with(&["--metrics-addr", &addr]);
+    let (ok, out, err) = sh(
+        &format!("sha1sum < {}", m.path("b2/big.bin").display()),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with(&sha1_hex(&big)), "{out}");
+    let spliced = metric(&scrape_metrics(port), "fetchfs_read_spliced_bytes_total").unwrap();
+    assert!(spliced > 0.0, "the download was not streamed\n{}", m.log_text());
 }
