@@ -59,14 +59,14 @@ use std::io;
 use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, OwnedMutexGuard, watch};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use url::Url;
 
 use crate::metrics::{Metrics, global};
@@ -570,11 +570,11 @@ fn check_response(resp: &httparse::Response<'_, '_>, range: &Range<u64>) -> io::
 
 impl Drop for Streamer {
     fn drop(&mut self) {
-        let [spliced, copied, _, ordinary, wakes] = self.tally.each_ref().map(|t| t.load(Ordering::Relaxed));
-        if spliced + copied + ordinary > 0 {
+        let [spliced, in_memory, ordinary, wakes] = self.tally.each_ref().map(|t| t.load(Ordering::Relaxed));
+        if spliced + in_memory + ordinary > 0 {
             tracing::debug!(
                 url = %crate::provider::http::display_url(&self.target.url),
-                spliced, copied, ordinary, wakes, "splice stream tally"
+                spliced, in_memory, ordinary, wakes, "splice stream tally"
             );
         }
     }
@@ -619,16 +619,17 @@ pub struct Streamer {
     target: RawHttp,
     dev: Arc<FuseDev>,
     state: Arc<Mutex<Option<Stream>>>,
-    /// The open stream's position ([`NONE`] when none): READs ahead of it wait on this.
-    pos: watch::Sender<u64>,
+    /// The open stream's position ([`NONE`] when none), readable without the state lock.
+    pos: AtomicU64,
     /// Set after a failure: this handle reads the ordinary way from then on.
     off: AtomicBool,
     timeout: Duration,
     /// Offsets of READs received from the kernel and not yet answered ([`Streamer::announce`]).
     arrived: std::sync::Mutex<Vec<u64>>,
-    /// What became of this handle's READs, for the debug line when it closes: spliced, copied
-    /// (pipe full), served from passed-over bytes, sent the ordinary way, wake-ups.
-    tally: [std::sync::atomic::AtomicU64; 5],
+    /// What became of this handle's READs, for the debug line when it closes: spliced,
+    /// answered from memory (a full pipe, or bytes passed over), sent the ordinary way, and
+    /// wake-ups of waiting READs.
+    tally: [AtomicU64; 4],
     /// READs waiting for the stream to reach them, by offset.
     waiters: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<tokio::sync::Notify>>>,
 }
@@ -639,7 +640,7 @@ impl Streamer {
             target,
             dev,
             state: Arc::new(Mutex::new(None)),
-            pos: watch::Sender::new(NONE),
+            pos: AtomicU64::new(NONE),
             off: AtomicBool::new(false),
             timeout,
             arrived: std::sync::Mutex::new(Vec::new()),
@@ -650,7 +651,7 @@ impl Streamer {
 
     /// Where the open stream is, if one is open.
     pub fn position(&self) -> Option<u64> {
-        Some(*self.pos.borrow()).filter(|&p| p != NONE)
+        Some(self.pos.load(Ordering::Acquire)).filter(|&p| p != NONE)
     }
 
     /// Whether a stream may still be opened.
@@ -705,7 +706,7 @@ impl Streamer {
             a.swap_remove(i);
             drop(a);
             // The READ the next waiter waited for has gone elsewhere: it looks again.
-            if offset == *self.pos.borrow() {
+            if offset == self.pos.load(Ordering::Acquire) {
                 self.wake_from(offset);
             }
         }
@@ -714,7 +715,7 @@ impl Streamer {
     /// Publishes the stream's position and wakes the READ that waits there (or, when the
     /// stream closes, every waiting READ).
     fn set_pos(&self, pos: u64) {
-        self.pos.send_replace(pos);
+        self.pos.store(pos, Ordering::Release);
         if pos == NONE {
             for n in self.waiters.lock().unwrap().values() {
                 n.notify_one();
@@ -764,7 +765,7 @@ impl Streamer {
         let i = match &served {
             Served::Spliced | Served::Gone => 0,
             Served::Data(_) => 1,
-            Served::NotMine => 3,
+            Served::NotMine => 2,
         };
         self.tally[i].fetch_add(1, Ordering::Relaxed);
         served
@@ -778,7 +779,7 @@ impl Streamer {
         // more CPU than the replies.
         let waiter = Waiter::new(self, range.start);
         loop {
-            let pos = *self.pos.borrow();
+            let pos = self.pos.load(Ordering::Acquire);
             if pos == NONE {
                 return Served::NotMine;
             }
@@ -815,7 +816,7 @@ impl Streamer {
             }
             // Look again at least every WAKE_SLICE, so a lost wake-up costs that, not a stall.
             let _ = tokio::time::timeout_at(limit.min(now + WAKE_SLICE), waiter.notify.notified()).await;
-            self.tally[4].fetch_add(1, Ordering::Relaxed);
+            self.tally[3].fetch_add(1, Ordering::Relaxed);
         }
         drop(waiter);
         let mut state = self.state.lock().await;

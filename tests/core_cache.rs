@@ -182,6 +182,45 @@ async fn a_good_checksum_verifies_with_reads_out_of_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_looks_like_a_seek_keeps_the_checksum_unless_it_jumps_past_the_gap() {
+    let src = MemSource::new();
+    let data = pseudo_random((48 * MB) as usize, 6);
+    let mut wrong = data.clone();
+    wrong[7] ^= 1;
+    src.put("f", data.clone(), Some(sha1(&wrong)));
+    let core = core_over(src, 96 * MB);
+    let i = ino(&core, "f").await;
+    let from = |core: &Arc<FsCore>, fh: u64, mut off: u64| {
+        let core = core.clone();
+        async move {
+            loop {
+                let b = core.read(fh, off, MB as u32).await?;
+                if b.is_empty() {
+                    return Ok::<(), FsError>(());
+                }
+                off += b.len() as u64;
+            }
+        }
+    };
+    // A READ 20 MiB ahead (what a loaded machine's reordered readahead can look like) is
+    // served as random access, yet the checksum still runs: the gap is filled from the cache
+    // and the read that ends the file fails.
+    let (fh, _) = core.open(i).await.unwrap();
+    core.read(fh, 0, MB as u32).await.unwrap();
+    core.read(fh, 20 * MB, MB as u32).await.unwrap();
+    let err = from(&core, fh, MB).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    // A jump further than the gap bound is a real seek: that handle checks nothing.
+    let (fh, _) = core.open(i).await.unwrap();
+    core.read(fh, 0, MB as u32).await.unwrap();
+    from(&core, fh, 40 * MB).await.unwrap();
+    // Nor does a handle whose first read was random: it never fetches a gap to hash.
+    let (fh, _) = core.open(i).await.unwrap();
+    core.read(fh, 12 * MB, MB as u32).await.unwrap();
+    from(&core, fh, 0).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_files_read_at_once_stay_under_the_memory_budget() {
     let src = MemSource::new();
     let budget = 32 * MB;

@@ -106,7 +106,9 @@ impl Knobs {
     fn flips(&self) -> ProxyConfig {
         ProxyConfig {
             seed: self.seed ^ 0xf11b,
-            flip_rate: (0.4 * self.rate).min(1.0),
+            // Per response: with 8 flip files, 0.4 left all 8 unflipped in ~1.7 % of runs (seen
+            // once in CI: "the flip phase flipped no byte"); 0.6 leaves it at 0.07 %.
+            flip_rate: (0.6 * self.rate).min(1.0),
             max_offset: 1 << 20,
             ..ProxyConfig::default()
         }

@@ -8,39 +8,12 @@ use std::time::{Duration, Instant};
 use common::*;
 use fetchfs::emulate::{self, FaultSpec};
 
-struct Fixture {
-    _rt: tokio::runtime::Runtime,
-    data: tempfile::TempDir,
-    server: emulate::Server,
-    behaviour: std::sync::Arc<std::sync::Mutex<emulate::http::HttpBehaviour>>,
-}
-
-fn fixture() -> Fixture {
-    let rt = runtime();
-    let data = tempfile::tempdir().unwrap();
-    let emu = emulate::http::router(data.path());
-    let behaviour = emu.behaviour.clone();
-    let server = rt.block_on(emulate::serve(emu.router, 0, emu.harness)).unwrap();
-    Fixture {
-        _rt: rt,
-        data,
-        server,
-        behaviour,
-    }
-}
-
-impl Fixture {
-    fn url(&self) -> String {
-        format!("{}/", self.server.base_url())
-    }
-}
-
 #[test]
 fn cp_r_of_a_tree_gives_identical_md5sums() {
     if !can_mount() {
         return;
     }
-    let fx = fixture();
+    let fx = http_fixture();
     let files = make_tree(fx.data.path(), 5, 20, 300_000, 7);
     let m = MountGuard::start(&[&fx.url()]);
     cp_r_and_check_md5(&m, &m.mnt(), &files, fx.data.path(), Duration::from_secs(60));
@@ -51,7 +24,7 @@ fn dd_at_random_offsets_returns_the_source_bytes() {
     if !can_mount() {
         return;
     }
-    let fx = fixture();
+    let fx = http_fixture();
     let big = pseudo_random(24 << 20, 99);
     std::fs::write(fx.data.path().join("big.bin"), &big).unwrap();
     let m = MountGuard::start(&[&fx.url()]);
@@ -94,7 +67,7 @@ fn ls_and_find_see_every_file_with_its_size() {
     if !can_mount() {
         return;
     }
-    let fx = fixture();
+    let fx = http_fixture();
     let files = make_tree(fx.data.path(), 4, 50, 5_000, 3);
     std::fs::write(fx.data.path().join("name with spaces & ü.txt"), b"x").unwrap();
     let m = MountGuard::start(&[&fx.url()]);
@@ -139,7 +112,7 @@ fn every_write_fails_with_erofs() {
     if !can_mount() {
         return;
     }
-    let fx = fixture();
+    let fx = http_fixture();
     std::fs::write(fx.data.path().join("a.txt"), b"hello").unwrap();
     let m = MountGuard::start(&[&fx.url()]);
     let mnt = m.mnt().display().to_string();
@@ -165,7 +138,7 @@ fn a_file_deleted_on_the_server_fails_quickly_instead_of_hanging() {
     if !can_mount() {
         return;
     }
-    let fx = fixture();
+    let fx = http_fixture();
     std::fs::write(fx.data.path().join("gone.bin"), pseudo_random(3 << 20, 5)).unwrap();
     let m = MountGuard::start(&[&fx.url(), "--ttl", "1s"]);
     let (ok, out, _) = sh(&format!("ls {}", m.mnt().display()), Duration::from_secs(10));
@@ -190,7 +163,7 @@ fn a_stalled_server_makes_reads_fail_with_eio_within_the_timeout() {
     if !can_mount() {
         return;
     }
-    let fx = fixture();
+    let fx = http_fixture();
     std::fs::write(fx.data.path().join("slow.bin"), pseudo_random(4 << 20, 6)).unwrap();
     let m = MountGuard::start(&[&fx.url(), "--io-timeout", "4s"]);
     assert!(m.path("slow.bin").exists());
@@ -222,7 +195,7 @@ fn misbehaving_servers_still_give_exact_bytes() {
     if !can_mount() {
         return;
     }
-    let fx = fixture();
+    let fx = http_fixture();
     let data = pseudo_random(5 << 20, 11);
     std::fs::write(fx.data.path().join("f.bin"), &data).unwrap();
     use emulate::http::{HttpBehaviour, ListingStyle};
@@ -323,7 +296,7 @@ fn a_warm_re_read_is_served_by_the_kernel_page_cache() {
     if !can_mount() {
         return;
     }
-    let fx = fixture();
+    let fx = http_fixture();
     let data = pseudo_random(8 << 20, 21);
     std::fs::write(fx.data.path().join("w.bin"), &data).unwrap();
     let m = MountGuard::start(&[&fx.url()]);
@@ -347,7 +320,7 @@ fn sigterm_unmounts_and_the_daemon_exits() {
     if !can_mount() {
         return;
     }
-    let fx = fixture();
+    let fx = http_fixture();
     std::fs::write(fx.data.path().join("a"), b"a").unwrap();
     let mut m = MountGuard::start(&[&fx.url()]);
     m.signal(libc::SIGTERM);
@@ -363,7 +336,7 @@ fn fusermount_u_stops_the_daemon() {
     if !can_mount() {
         return;
     }
-    let fx = fixture();
+    let fx = http_fixture();
     std::fs::write(fx.data.path().join("a"), b"a").unwrap();
     let mut m = MountGuard::start(&[&fx.url()]);
     let (ok, _, err) = sh(
@@ -382,7 +355,7 @@ fn background_mount_returns_when_ready_and_umount_stops_it() {
     if !can_mount() {
         return;
     }
-    let fx = fixture();
+    let fx = http_fixture();
     std::fs::write(fx.data.path().join("hello.txt"), b"hi").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("m");
@@ -406,7 +379,7 @@ fn background_mount_returns_when_ready_and_umount_stops_it() {
 
 #[test]
 fn mount_failures_exit_nonzero_with_one_sentence() {
-    let fx = fixture();
+    let fx = http_fixture();
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("m");
     std::fs::create_dir(&mnt).unwrap();

@@ -13,27 +13,6 @@ use fetchfs::emulate::{self, FaultSpec};
 const SPLICED: &str = "fetchfs_read_spliced_bytes_total";
 const HTTP_BYTES: &str = "fetchfs_http_bytes_total";
 
-struct Fixture {
-    _rt: tokio::runtime::Runtime,
-    data: tempfile::TempDir,
-    server: emulate::Server,
-    behaviour: std::sync::Arc<std::sync::Mutex<emulate::http::HttpBehaviour>>,
-}
-
-fn fixture() -> Fixture {
-    let rt = runtime();
-    let data = tempfile::tempdir().unwrap();
-    let emu = emulate::http::router(data.path());
-    let behaviour = emu.behaviour.clone();
-    let server = rt.block_on(emulate::serve(emu.router, 0, emu.harness)).unwrap();
-    Fixture {
-        _rt: rt,
-        data,
-        server,
-        behaviour,
-    }
-}
-
 /// A mount with a metrics endpoint; `args` are what goes before the mountpoint.
 fn mount_with_metrics(args: &[&str]) -> (MountGuard, u16) {
     let port = free_port();
@@ -68,10 +47,10 @@ fn a_sequential_reader_is_answered_by_splice_with_exact_bytes() {
     if !can_mount() {
         return;
     }
-    let fx = fixture();
+    let fx = http_fixture();
     let data = pseudo_random(48 << 20, 41);
     std::fs::write(fx.data.path().join("big.bin"), &data).unwrap();
-    let (m, port) = mount_with_metrics(&[&format!("{}/", fx.server.base_url())]);
+    let (m, port) = mount_with_metrics(&[&fx.url()]);
     assert_eq!(md5_of(&m.path("big.bin")), md5_hex(&data));
     let after = scrape_metrics(port);
     let spliced = metric(&after, SPLICED).unwrap();
@@ -108,7 +87,7 @@ fn streams_that_go_wrong_fall_back_to_exact_bytes() {
     if !can_mount() {
         return;
     }
-    let fx = fixture();
+    let fx = http_fixture();
     let data = pseudo_random(40 << 20, 43);
     std::fs::write(fx.data.path().join("f.bin"), &data).unwrap();
     use emulate::http::HttpBehaviour;
@@ -207,7 +186,7 @@ fn streams_that_go_wrong_fall_back_to_exact_bytes() {
         *fx.behaviour.lock().unwrap() = b;
         fx.server.harness.faults.set(f);
         let dir = tempfile::tempdir().unwrap();
-        let cfg = config_file(dir.path(), &format!("{}/", fx.server.base_url()), "", extra);
+        let cfg = config_file(dir.path(), &fx.url(), "", extra);
         let (m, port) = mount_with_metrics(&["--config", &cfg]);
         assert_eq!(md5_of(&m.path("web/f.bin")), md5_hex(&data), "{what}: wrong bytes");
         let spliced = metric(&scrape_metrics(port), SPLICED).unwrap();
@@ -224,10 +203,10 @@ fn readers_that_skip_seek_share_or_die_get_exact_bytes() {
     if !can_mount() {
         return;
     }
-    let fx = fixture();
+    let fx = http_fixture();
     let data = pseudo_random(40 << 20, 47);
     std::fs::write(fx.data.path().join("s.bin"), &data).unwrap();
-    let (m, port) = mount_with_metrics(&[&format!("{}/", fx.server.base_url())]);
+    let (m, port) = mount_with_metrics(&[&fx.url()]);
     let file = m.path("s.bin");
     let drop_caches = || sh("echo 3 > /proc/sys/vm/drop_caches", Duration::from_secs(30));
 
@@ -290,11 +269,11 @@ fn splice_off_in_the_config_reads_the_ordinary_way() {
     if !can_mount() {
         return;
     }
-    let fx = fixture();
+    let fx = http_fixture();
     let data = pseudo_random(24 << 20, 53);
     std::fs::write(fx.data.path().join("o.bin"), &data).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config_file(dir.path(), &format!("{}/", fx.server.base_url()), "splice = false", "");
+    let cfg = config_file(dir.path(), &fx.url(), "splice = false", "");
     let (m, port) = mount_with_metrics(&["--config", &cfg]);
     assert_eq!(md5_of(&m.path("web/o.bin")), md5_hex(&data));
     assert_eq!(metric(&scrape_metrics(port), SPLICED), Some(0.0));

@@ -295,4 +295,17 @@ mod tests {
         // A jump back to the start is a seek.
         assert!(p.on_read(0, MB, 1024 * MB).direct);
     }
+
+    #[test]
+    fn after_a_seek_a_run_must_read_seq_start_before_it_prefetches() {
+        let mut p = Prefetcher::new(64 * MB, 8 * MB);
+        let half = MB / 2;
+        assert!(p.on_read(500 * MB, half, 1024 * MB).direct, "a seek");
+        // The second half of a 1 MiB read the kernel split in two is still random access.
+        assert!(p.on_read(500 * MB + half, half, 1024 * MB).direct);
+        assert!(p.on_read(501 * MB, half, 1024 * MB).direct);
+        // 2 MiB read contiguously since the seek: now a sequential reader.
+        let plan = p.on_read(501 * MB + half, half, 1024 * MB);
+        assert!(!plan.direct && !plan.prefetch.is_empty(), "{plan:?}");
+    }
 }

@@ -647,7 +647,7 @@ impl FsCore {
                     Served::Data(d) => return Ok(ReadOut::Data(d)),
                     Served::NotMine => {}
                 }
-            } else if !plan.direct && plan.window >= STREAM_AFTER && s.available() {
+            } else if plan.window >= STREAM_AFTER && s.available() {
                 // Blocks up to what the prefetcher already asked for come from the cache, and
                 // READs already in the daemon take the ordinary path; the stream starts at the
                 // first block after both that is neither cached nor being fetched.
@@ -669,10 +669,17 @@ impl FsCore {
         };
         let all_present = (range.start / bs..=(range.end - 1) / bs).all(|b| self.cache.present(&h.ctx, b));
         if plan.direct && h.ctx.reader.ranges() && !all_present {
-            // Random access: fetch exactly what was asked, leave the block cache alone. The
-            // checksum still follows (a sequential reader's READs, reordered by a loaded
-            // machine, can look random); a real seek ends it (`verify`).
+            // Random access: fetch exactly what was asked, leave the block cache alone. A handle
+            // that never read from the start has no checksum to follow; one that did keeps it (a
+            // sequential reader's READs, reordered by a loaded machine, can look random) until
+            // a real seek ends it (`verify`).
             let data = self.direct_read(&h.ctx, range.clone()).await?;
+            {
+                let mut v = h.verifier.lock().await;
+                if v.as_ref().is_some_and(|v| v.pos == 0) {
+                    *v = None;
+                }
+            }
             self.verify(&h, range.start, &data).await?;
             return Ok(ReadOut::Data(data));
         }

@@ -43,6 +43,38 @@ pub fn serve_http(rt: &tokio::runtime::Runtime, root: &Path) -> (fetchfs::emulat
     (server, url)
 }
 
+/// The plain-HTTP emulator over a fresh temporary directory, with the switch for how it
+/// behaves (no Range, chunked, redirects, auth, ...).
+pub struct HttpFixture {
+    pub rt: tokio::runtime::Runtime,
+    pub data: tempfile::TempDir,
+    pub server: fetchfs::emulate::Server,
+    pub behaviour: std::sync::Arc<std::sync::Mutex<fetchfs::emulate::http::HttpBehaviour>>,
+}
+
+pub fn http_fixture() -> HttpFixture {
+    let rt = runtime();
+    let data = tempfile::tempdir().unwrap();
+    let emu = fetchfs::emulate::http::router(data.path());
+    let behaviour = emu.behaviour.clone();
+    let server = rt
+        .block_on(fetchfs::emulate::serve(emu.router, 0, emu.harness))
+        .unwrap();
+    HttpFixture {
+        rt,
+        data,
+        server,
+        behaviour,
+    }
+}
+
+impl HttpFixture {
+    /// The directory URL that mounts the emulator's root.
+    pub fn url(&self) -> String {
+        format!("{}/", self.server.base_url())
+    }
+}
+
 /// A temporary directory tree with deterministic pseudo-random file contents.
 pub fn make_tree(
     root: &Path,
