@@ -153,6 +153,9 @@ struct Handle {
     verifier: tokio::sync::Mutex<Option<Verifier>>,
     /// The zero-copy stream of a sequential reader, where the file and the mount allow one.
     stream: Option<Arc<Streamer>>,
+    /// Set once the prefetcher has taken a read of this handle for sequential: only such a
+    /// handle keeps its checksum through reads that look random.
+    sequential: std::sync::atomic::AtomicBool,
 }
 
 /// Furthest a read may land beyond the verified prefix and still be verified (the gap is
@@ -581,6 +584,7 @@ impl FsCore {
             prefetch: Mutex::new(Prefetcher::new(self.cfg.max_window, self.cfg.max_request)),
             verifier: tokio::sync::Mutex::new(verifier),
             stream,
+            sequential: std::sync::atomic::AtomicBool::new(false),
         });
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().unwrap().insert(fh, handle);
@@ -674,14 +678,15 @@ impl FsCore {
             // sequential reader's READs, reordered by a loaded machine, can look random) until
             // a real seek ends it (`verify`).
             let data = self.direct_read(&h.ctx, range.clone()).await?;
-            {
-                let mut v = h.verifier.lock().await;
-                if v.as_ref().is_some_and(|v| v.pos == 0) {
-                    *v = None;
-                }
+            if h.sequential.load(Ordering::Relaxed) {
+                self.verify(&h, range.start, &data).await?;
+            } else {
+                *h.verifier.lock().await = None;
             }
-            self.verify(&h, range.start, &data).await?;
             return Ok(ReadOut::Data(data));
+        }
+        if !plan.direct {
+            h.sequential.store(true, Ordering::Relaxed);
         }
         // The kernel keeps many readahead READs in flight, so a sequential reader's reads can
         // land beyond the prefetch window. A miss then fetches the whole aligned request-sized
