@@ -153,3 +153,42 @@ async fn retries_honour_retry_after_and_a_503_storm_completes() {
         t.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_opening_one_file_at_once_learn_its_version_with_one_request() {
+    // An autoindex lists no ETag, so the first open asks the server (one ranged GET). Eight
+    // readers opening the file together, while that answer is slow in coming, must share it.
+    let e = env().await;
+    let data = pseudo_random(3 << 20, 7);
+    std::fs::write(e.data.path().join("f.bin"), &data).unwrap();
+    let c = core(&config(&format!("{}/", e.server.base_url()), "")).await;
+    let attr = c.lookup(1, "f.bin").await.unwrap();
+    let before = e.server.harness.stats.count(|k| k == "GET /f.bin");
+    e.server.harness.faults.set(FaultSpec {
+        stall_after: Some(0),
+        stall_ms: 300,
+        path_contains: "f.bin".into(),
+        ..Default::default()
+    });
+    let opens: Vec<_> = (0..8)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.open(attr.ino).await })
+        })
+        .collect();
+    let mut handles = Vec::new();
+    for o in opens {
+        handles.push(o.await.unwrap().expect("open").0);
+    }
+    assert_eq!(
+        e.server.harness.stats.count(|k| k == "GET /f.bin") - before,
+        1,
+        "one request for eight opens"
+    );
+    e.server.harness.faults.set(FaultSpec::default());
+    for fh in handles {
+        let b = c.read(fh, 1 << 20, 4096).await.unwrap();
+        assert_eq!(&b[..], &data[1 << 20..(1 << 20) + 4096]);
+        c.release(fh);
+    }
+}

@@ -41,7 +41,7 @@
 //!   `fuse_copy_*` lead the profile), plus thread wake-ups between hyper, tokio and the FUSE
 //!   threads. curl from the same nginx does one copy and no wake-ups.
 //! * That was the ceiling of this path (0.7–0.9 daemon CPU-s per GiB, ~1.7 GB/s with `dd`
-//!   and nginx on the same 2 cores). Past it, a reader whose window has reached
+//!   and nginx on the same 2 cores). Past it, a reader whose sequential run has reached
 //!   [`crate::splice::STREAM_AFTER`] is handed to a zero-copy stream (`crate::splice`) where
 //!   the source allows one; the prefetcher then only plans the blocks before the stream's
 //!   start, and a seek it detects closes the stream.
@@ -98,6 +98,14 @@ impl Prefetcher {
     /// Current window (0 while random).
     pub fn window(&self) -> u64 {
         self.window
+    }
+
+    /// Bytes read by the current sequential run (0 while random).
+    pub fn streak(&self) -> u64 {
+        match self.expected {
+            Some(exp) if self.window > 0 => exp.saturating_sub(self.streak_start),
+            _ => 0,
+        }
     }
 
     /// Bytes up to which prefetch has been planned.
@@ -176,6 +184,24 @@ impl Prefetcher {
 mod tests {
     use super::*;
     const MB: u64 = 1 << 20;
+
+    #[test]
+    fn the_streak_counts_one_sequential_run_from_its_start() {
+        let mut p = Prefetcher::new(16 * MB, 4 * MB);
+        for i in 0..4 {
+            p.on_read(i * 512 * 1024, 512 * 1024, 1 << 30);
+        }
+        assert_eq!(p.streak(), 2 * MB);
+        // A seek: random until the new run has read SEQ_START, counted from the seek.
+        p.on_read(500 * MB, 512 * 1024, 1 << 30);
+        assert_eq!(p.streak(), 0, "random");
+        for i in 1..4 {
+            p.on_read(500 * MB + i * 512 * 1024, 512 * 1024, 1 << 30);
+        }
+        assert_eq!(p.streak(), 2 * MB, "the new run, from the seek");
+        p.on_read(500 * MB + 2 * MB, MB, 1 << 30);
+        assert_eq!(p.streak(), 3 * MB);
+    }
 
     #[test]
     fn sequential_reader_window_doubles_to_the_cap() {

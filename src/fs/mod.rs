@@ -11,6 +11,9 @@
 //! * `dir_locks` (one tokio mutex per directory being listed): makes listing single-flight, so
 //!   100 parallel `stat`s of one stale directory cause one `list` call. May be held across the
 //!   provider call; never taken while `table` is held.
+//! * `open_locks` (one tokio mutex per file being opened with a request to the source): makes
+//!   learning a file's version single-flight, so four readers opening one file at once cost one
+//!   request, not four. Held across the provider's `open`; never taken while `table` is held.
 //! * `handles` (std mutex): fh → handle. Each handle's verifier has its own tokio mutex.
 //!
 //! ## Versions and the kernel page cache
@@ -182,12 +185,35 @@ pub enum ReadOut {
 /// Called to drop the kernel's cached pages and attributes of an inode.
 pub type Invalidate = Arc<dyn Fn(u64) + Send + Sync>;
 
+/// A file's turn to ask the source for its version ([`FsCore::open`]); its lock leaves the map
+/// with the last open that held or waited for it.
+struct OpenTurn<'a> {
+    core: &'a FsCore,
+    ino: u64,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for OpenTurn<'_> {
+    fn drop(&mut self) {
+        let mut locks = self.core.open_locks.lock().unwrap();
+        drop(self.guard.take());
+        // Only the map's reference is left: no open holds or waits for this lock (a waiter
+        // clones it under this same map lock, so none can appear in between).
+        if locks.get(&self.ino).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(&self.ino);
+        }
+    }
+}
+
 /// The filesystem.
 pub struct FsCore {
     cfg: CoreConfig,
     sources: Vec<Mounted>,
     table: Mutex<InodeTable>,
     dir_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// One tokio mutex per file whose open is asking the source for its version (see
+    /// [`FsCore::open`]); removed when the last open waiting on it is done.
+    open_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     cache: Arc<BlockCache>,
@@ -244,6 +270,7 @@ impl FsCore {
             sources,
             table: Mutex::new(table),
             dir_locks: Mutex::new(HashMap::new()),
+            open_locks: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             cache,
@@ -488,17 +515,41 @@ impl FsCore {
             .ok_or(FsError::NoAttr)
     }
 
+    /// Whether opening `ino` now would ask the source: (metadata older than the TTL, that or no
+    /// version known yet — a file listed without one, as an autoindex lists them).
+    fn open_asks(&self, ino: u64) -> FsResult<(bool, bool)> {
+        let t = self.table.lock().unwrap();
+        let n = t.get(ino).ok_or(FsError::NotFound)?;
+        match n.entry.kind {
+            EntryKind::Dir => return Err(FsError::IsDir),
+            EntryKind::Symlink => return Err(FsError::Source(SourceError::Invalid("open of a symlink".into()))),
+            EntryKind::File => {}
+        }
+        let stale = n.confirmed.elapsed() >= self.cfg.ttl;
+        Ok((stale, stale || n.entry.validator.is_none()))
+    }
+
+    /// Waits for this file's turn to ask the source for its version.
+    async fn open_turn(&self, ino: u64) -> OpenTurn<'_> {
+        let lock = self.open_locks.lock().unwrap().entry(ino).or_default().clone();
+        OpenTurn {
+            core: self,
+            ino,
+            guard: Some(lock.lock_owned().await),
+        }
+    }
+
     /// FUSE open: pins the current version and returns (fh, keep_cache).
     pub async fn open(&self, ino: u64) -> FsResult<(u64, bool)> {
-        let stale = {
-            let t = self.table.lock().unwrap();
-            let n = t.get(ino).ok_or(FsError::NotFound)?;
-            match n.entry.kind {
-                EntryKind::Dir => return Err(FsError::IsDir),
-                EntryKind::Symlink => return Err(FsError::Source(SourceError::Invalid("open of a symlink".into()))),
-                EntryKind::File => {}
-            }
-            n.confirmed.elapsed() >= self.cfg.ttl
+        let (mut stale, asks) = self.open_asks(ino)?;
+        // Opens that ask the source go one at a time per file: those that waited then find the
+        // version the first one learned, and ask nothing.
+        let _turn = if asks {
+            let turn = self.open_turn(ino).await;
+            stale = self.open_asks(ino)?.0;
+            Some(turn)
+        } else {
+            None
         };
         if stale {
             self.getattr(ino).await?;
@@ -634,10 +685,10 @@ impl FsCore {
             return Ok(ReadOut::Data(Bytes::new()));
         }
         let range = offset..(offset + size as u64).min(file_size);
-        let (plan, scheduled) = {
+        let (plan, scheduled, streak) = {
             let mut p = h.prefetch.lock().unwrap();
             let plan = p.on_read(range.start, range.end - range.start, file_size);
-            (plan, p.scheduled_to())
+            (plan, p.scheduled_to(), p.streak())
         };
         tracing::trace!(fh, offset, size, direct = plan.direct, prefetch = ?plan.prefetch, "read plan");
         let bs = self.cache.block_size();
@@ -651,7 +702,7 @@ impl FsCore {
                     Served::Data(d) => return Ok(ReadOut::Data(d)),
                     Served::NotMine => {}
                 }
-            } else if plan.window >= STREAM_AFTER && s.available() {
+            } else if streak >= STREAM_AFTER && s.available() {
                 // Blocks up to what the prefetcher already asked for come from the cache, and
                 // READs already in the daemon take the ordinary path; the stream starts at the
                 // first block after both that is neither cached nor being fetched.
