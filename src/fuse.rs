@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
 };
 use tracing::Instrument;
 
@@ -277,6 +277,55 @@ impl Filesystem for FuseFs {
         reply.ok();
     }
 
+    // fuser's defaults for the next few answer ENOSYS and log a "[Not Implemented]" warning,
+    // which every mount printed at its first `close` and first `cp` (SEEK_DATA). Each has a
+    // plain answer for a read-only filesystem.
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+        // Nothing is ever written, so there is nothing to flush or report.
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        // The kernel sends only SEEK_DATA and SEEK_HOLE (`cp` and `tar` look for holes): a
+        // remote file is all data, with its one hole at the end.
+        let Ok(size) = self.core.handle_size(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        match (u64::try_from(offset), whence) {
+            (Err(_), _) => reply.error(Errno::EINVAL),
+            (Ok(o), libc::SEEK_DATA | libc::SEEK_HOLE) if o >= size => reply.error(Errno::ENXIO),
+            (Ok(_), libc::SEEK_DATA) => reply.offset(offset),
+            (Ok(_), libc::SEEK_HOLE) => reply.offset(size as i64),
+            _ => reply.error(Errno::EINVAL),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // No ioctls (`lsattr` asks for inode flags): "inappropriate ioctl", as ext4 answers one
+        // it does not know.
+        reply.error(Errno::ENOTTY);
+    }
+
     fn opendir(&self, _req: &Request, _ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
@@ -374,6 +423,38 @@ impl Filesystem for FuseFs {
     }
 
     // Everything that would change the tree: EROFS.
+
+    #[allow(clippy::too_many_arguments)]
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // Only sent when both files are in this mount, so the target is read-only.
+        reply.error(Errno::EROFS);
+    }
 
     fn setattr(
         &self,

@@ -30,14 +30,20 @@ const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
 /// The syslog socket glibc's syslog(3) writes to.
 const SYSLOG_SOCKET: &str = "/dev/log";
 
-/// html5ever (the autoindex tokenizer) logs every step at debug and trace; those lines drown
-/// the daemon's own. A filter that names it keeps the user's choice.
-fn quiet_html5ever(spec: String) -> String {
-    if spec.contains("html5ever") {
-        spec
-    } else {
-        format!("{spec},html5ever=info")
+/// Caps for dependencies whose logs drown or repeat the daemon's own; a filter that names the
+/// dependency keeps the user's choice. html5ever (the autoindex tokenizer) logs every step at
+/// debug and trace. fuser announces the mount we already announce, and warns "Failed to umount
+/// filesystem" after every `umount` from outside (it tries again on the way out); its errors
+/// still show.
+const QUIET: [(&str, &str); 2] = [("html5ever", "info"), ("fuser", "error")];
+
+fn quiet_dependencies(mut spec: String) -> String {
+    for (target, level) in QUIET {
+        if !spec.contains(target) {
+            spec = format!("{spec},{target}={level}");
+        }
     }
+    spec
 }
 
 /// Installs the global subscriber. `background`: this process is the detached daemon.
@@ -46,7 +52,7 @@ pub fn init(level: Option<&str>, log_file: Option<&Path>, default: &str, backgro
         .ok()
         .or_else(|| level.map(str::to_string))
         .unwrap_or_else(|| default.to_string());
-    let spec = quiet_html5ever(spec);
+    let spec = quiet_dependencies(spec);
     let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| {
         eprintln!("fetchfs: ignoring bad log filter '{spec}', using '{default}'");
         EnvFilter::new(default)
@@ -258,11 +264,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn html5ever_is_capped_at_info_unless_the_filter_names_it() {
-        assert_eq!(quiet_html5ever("trace".into()), "trace,html5ever=info");
-        assert_eq!(quiet_html5ever("fetchfs=debug".into()), "fetchfs=debug,html5ever=info");
-        assert_eq!(quiet_html5ever("debug,html5ever=trace".into()), "debug,html5ever=trace");
+    fn noisy_dependencies_are_capped_unless_the_filter_names_them() {
+        assert_eq!(quiet_dependencies("trace".into()), "trace,html5ever=info,fuser=error");
+        assert_eq!(
+            quiet_dependencies("fetchfs=debug".into()),
+            "fetchfs=debug,html5ever=info,fuser=error"
+        );
+        assert_eq!(
+            quiet_dependencies("debug,html5ever=trace,fuser=debug".into()),
+            "debug,html5ever=trace,fuser=debug"
+        );
         // The result is still a filter tracing accepts.
-        assert!(EnvFilter::try_new(quiet_html5ever("warn".into())).is_ok());
+        assert!(EnvFilter::try_new(quiet_dependencies("warn".into())).is_ok());
     }
 }

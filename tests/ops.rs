@@ -523,6 +523,59 @@ fn a_failed_operation_is_logged_once_with_op_path_and_errno() {
     assert!(l.contains("errno=13"), "{l}");
 }
 
+#[test]
+fn everyday_tools_and_an_outside_umount_leave_no_warning_in_the_log() {
+    // fuser answers ops it has no code for with ENOSYS and a "[Not Implemented]" warning: the
+    // first `close` (FLUSH) and `cp` (SEEK_DATA) of every mount printed one, and an outside
+    // `umount` ended with "Failed to umount filesystem". A read-only mount has an answer for each.
+    if !can_mount() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let url = fx.url();
+    let mut cmd = foreground(dir.path(), &[url.as_ref()]);
+    cmd.env("FETCHFS_LOG", "info");
+    let mut m = spawn_mounted(dir, cmd);
+    let copy = m.dir.path().join("copy.txt");
+    let (ok, _, err) = sh(
+        &format!(
+            "cp {} {} && cat {} >/dev/null && tar cf /dev/null -C {} . && lsattr {} ; true",
+            m.path("hello.txt").display(),
+            copy.display(),
+            m.path("sub/denied.bin").display(),
+            m.mnt().display(),
+            m.path("hello.txt").display(),
+        ),
+        Duration::from_secs(20),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read(&copy).unwrap(), b"hello from fetchfs\n");
+    let f = std::fs::File::open(m.path("hello.txt")).unwrap();
+    let fd = f.as_raw_fd();
+    // SAFETY: lseek and fsync on a descriptor this test holds open.
+    unsafe {
+        assert_eq!(libc::lseek(fd, 3, libc::SEEK_DATA), 3);
+        assert_eq!(libc::lseek(fd, 3, libc::SEEK_HOLE), 19, "the one hole is at the end");
+        assert_eq!(libc::lseek(fd, 19, libc::SEEK_DATA), -1);
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENXIO));
+        assert_eq!(libc::fsync(fd), 0);
+    }
+    drop(f);
+    let st = Command::new("umount").arg(m.mnt()).status().unwrap();
+    assert!(st.success());
+    assert!(
+        m.wait_exit(Duration::from_secs(10)).is_some(),
+        "the daemon outlived its mount"
+    );
+    let log = m.log_text();
+    assert!(log.contains("unmounted"), "{log}");
+    for bad in ["WARN", "ERROR", "Not Implemented"] {
+        assert!(!log.contains(bad), "{bad} in the log:\n{log}");
+    }
+}
+
 const SYSLOG: &str = "/dev/log";
 const JOURNAL_DIR: &str = "/run/systemd/journal";
 const JOURNAL: &str = "/run/systemd/journal/socket";

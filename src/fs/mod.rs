@@ -650,6 +650,11 @@ impl FsCore {
         }
     }
 
+    /// Size of the version open handle `fh` reads.
+    pub fn handle_size(&self, fh: u64) -> FsResult<u64> {
+        Ok(self.handle(fh)?.ctx.size)
+    }
+
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
         self.handles.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)
     }
