@@ -78,9 +78,13 @@ pub struct Prefetcher {
     batch: u64,
     /// Bytes up to which prefetch has already been requested.
     scheduled_to: u64,
-    /// Where the current sequential streak began: the window never exceeds half of what the
-    /// streak has read, so a reader that stops after 64 MiB wastes at most ~50 %, not 100 %.
-    streak_start: u64,
+    /// Bytes the current run has read (since its last seek): the window never exceeds half of
+    /// it, so a reader that stops after 64 MiB wastes at most ~50 %, not 100 %. Counted read by
+    /// read, not as the span from the run's start: a random reader's next read lands within
+    /// SEQ_SLACK of the last one now and then (1 read in ~60 over a 1 GiB file), and by span
+    /// that was a 2–8 MiB run, so `fio` random 4 KiB reads started prefetches and streams
+    /// (60.8 MB fetched for 8.4 MB read).
+    run_bytes: u64,
 }
 
 impl Prefetcher {
@@ -91,7 +95,7 @@ impl Prefetcher {
             max_window: max_window.max(INITIAL_WINDOW),
             batch: batch.max(1),
             scheduled_to: 0,
-            streak_start: 0,
+            run_bytes: 0,
         }
     }
 
@@ -102,10 +106,7 @@ impl Prefetcher {
 
     /// Bytes read by the current sequential run (0 while random).
     pub fn streak(&self) -> u64 {
-        match self.expected {
-            Some(exp) if self.window > 0 => exp.saturating_sub(self.streak_start),
-            _ => 0,
-        }
+        if self.window > 0 { self.run_bytes } else { 0 }
     }
 
     /// Bytes up to which prefetch has been planned.
@@ -128,9 +129,10 @@ impl Prefetcher {
         };
         if sequential {
             if self.expected.is_none() {
-                self.streak_start = 0;
+                self.run_bytes = 0;
             }
-            let read_so_far = end.saturating_sub(self.streak_start);
+            self.run_bytes += end.saturating_sub(offset);
+            let read_so_far = self.run_bytes;
             let cap = self.max_window.min((read_so_far / 2).max(INITIAL_WINDOW));
             self.window = if self.window == 0 {
                 // After a seek, a run must reach SEQ_START before it is a sequential reader:
@@ -146,7 +148,7 @@ impl Prefetcher {
         } else {
             self.window = 0;
             self.scheduled_to = 0;
-            self.streak_start = offset;
+            self.run_bytes = end.saturating_sub(offset);
         }
         // Reads out of order must not move the expectation backwards.
         self.expected = Some(match self.expected {
@@ -184,6 +186,21 @@ impl Prefetcher {
 mod tests {
     use super::*;
     const MB: u64 = 1 << 20;
+
+    #[test]
+    fn random_reads_that_land_near_each_other_are_not_a_run() {
+        // Reads within SEQ_SLACK of the last one count as sequential, but a run is the bytes it
+        // read: two 4 KiB reads 7 MiB apart are 8 KiB, not a 7 MiB run.
+        let mut p = Prefetcher::new(16 * MB, 4 * MB);
+        p.on_read(600 * MB, 4096, 1 << 30);
+        let plan = p.on_read(607 * MB, 4096, 1 << 30);
+        assert!(plan.direct && plan.prefetch.is_empty(), "{plan:?}");
+        assert_eq!(p.streak(), 0);
+        for i in 1..20 {
+            let plan = p.on_read(607 * MB + i * 3 * MB, 4096, 1 << 30);
+            assert!(plan.direct, "read {i}: {plan:?}");
+        }
+    }
 
     #[test]
     fn the_streak_counts_one_sequential_run_from_its_start() {
