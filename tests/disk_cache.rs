@@ -117,6 +117,26 @@ fn a_block_is_read_back_exactly_after_a_restart() {
 }
 
 #[test]
+fn a_hit_reads_into_a_recycled_buffer_and_never_shares_one_in_use() {
+    // Hits used to read into a fresh buffer each (glibc maps and unmaps 1 MiB): now a dropped
+    // hit's buffer takes the next, while a hit still held keeps its own bytes.
+    let (_t, dir) = cache_dir();
+    let c = DiskCache::open(&dir, 1 << 20, BS).unwrap();
+    for i in 0..3 {
+        c.put(&key(i), &payload(i, 4096));
+    }
+    let first = c.get(&key(0)).unwrap();
+    let at = first.as_ptr();
+    drop(first);
+    let second = c.get(&key(1)).unwrap();
+    assert_eq!(second.as_ptr(), at, "the dropped hit's buffer is reused");
+    let third = c.get(&key(2)).unwrap();
+    assert_ne!(third.as_ptr(), at, "a held hit's buffer is never handed out");
+    assert_eq!(second, payload(1, 4096));
+    assert_eq!(third, payload(2, 4096));
+}
+
+#[test]
 fn putting_a_stored_block_again_does_not_rewrite_it() {
     use std::os::unix::fs::MetadataExt;
     let (_t, dir) = cache_dir();

@@ -128,18 +128,28 @@ pub struct MemStats {
 const POOLED_BUFFERS: usize = 32;
 
 /// A free list of block buffers; blocks handed out as `Bytes` come back here when dropped.
-struct BufPool {
+/// The disk tier keeps one for the buffers its hits are read into.
+#[derive(Debug)]
+pub(crate) struct BufPool {
     free: Mutex<Vec<Vec<u8>>>,
     max: usize,
 }
 
 impl BufPool {
+    /// A pool that keeps at most `max` free buffers.
+    pub(crate) fn new(max: usize) -> Arc<BufPool> {
+        Arc::new(BufPool {
+            free: Mutex::new(Vec::new()),
+            max,
+        })
+    }
+
     /// An empty buffer with room for `len` bytes. A recycled buffer is only handed out for a
     /// block that fills at least half of it: the cache counts a block by its length, so a
     /// 1 MiB buffer holding the 40 KiB block of a small file would pin 1 MiB of RSS while
     /// counting 40 KiB (measured: 64 readers over small files took a 32 MiB budget to a
     /// 157 MiB peak RSS). Such blocks get a buffer of their own size.
-    fn take(&self, len: usize) -> Vec<u8> {
+    pub(crate) fn take(&self, len: usize) -> Vec<u8> {
         let recycled = {
             let mut free = self.free.lock().unwrap();
             match free.last() {
@@ -154,7 +164,7 @@ impl BufPool {
     }
 
     /// Turns a filled buffer into `Bytes` that return it to the pool when the last clone drops.
-    fn freeze(self: &Arc<Self>, buf: Vec<u8>) -> Bytes {
+    pub(crate) fn freeze(self: &Arc<Self>, buf: Vec<u8>) -> Bytes {
         Bytes::from_owner(Pooled {
             buf,
             pool: self.clone(),
@@ -202,10 +212,7 @@ impl BlockCache {
         Arc::new(BlockCache {
             writer: disk.clone().and_then(crate::cache::disk::DiskWriter::spawn),
             disk,
-            pool: Arc::new(BufPool {
-                free: Mutex::new(Vec::new()),
-                max: POOLED_BUFFERS,
-            }),
+            pool: BufPool::new(POOLED_BUFFERS),
             inner: Mutex::new(Inner {
                 lru: LruCache::unbounded(),
                 cached: 0,

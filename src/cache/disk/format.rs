@@ -110,21 +110,29 @@ pub fn encode(key: &BlockKey, block_size: u64, payload: &[u8]) -> Result<Vec<u8>
 /// Checks a whole block file against the key and block size it was looked up with and returns
 /// its payload, sharing `file`'s allocation (no copy).
 pub fn decode(mut file: BytesMut, key: &BlockKey, block_size: u64) -> Result<Bytes, FormatError> {
+    let payload_at = check(&file, key, block_size)?;
+    file.advance(payload_at);
+    Ok(file.freeze())
+}
+
+/// Checks a whole block file (header and payload) against `key` like [`decode`], without
+/// taking it; returns where its payload starts.
+pub fn check(file: &[u8], key: &BlockKey, block_size: u64) -> Result<usize, FormatError> {
     if file.len() < FIXED_LEN + CRC_LEN {
         return Err(FormatError::Truncated);
     }
     if file[0..8] != MAGIC {
         return Err(FormatError::BadMagic);
     }
-    let version = u32_at(&file, 8);
+    let version = u32_at(file, 8);
     if version != FORMAT_VERSION {
         return Err(FormatError::Version(version));
     }
-    let hlen = u32_at(&file, 12) as usize;
+    let hlen = u32_at(file, 12) as usize;
     let lens = [
-        u32_at(&file, 44) as usize,
-        u32_at(&file, 48) as usize,
-        u32_at(&file, 52) as usize,
+        u32_at(file, 44) as usize,
+        u32_at(file, 48) as usize,
+        u32_at(file, 52) as usize,
     ];
     if lens.iter().any(|&l| l > MAX_FIELD_LEN) || hlen != FIXED_LEN + lens.iter().sum::<usize>() + CRC_LEN {
         return Err(FormatError::HeaderLength);
@@ -132,31 +140,30 @@ pub fn decode(mut file: BytesMut, key: &BlockKey, block_size: u64) -> Result<Byt
     if file.len() < hlen {
         return Err(FormatError::Truncated);
     }
-    if crc32c::crc32c(&file[..hlen - CRC_LEN]) != u32_at(&file, hlen - CRC_LEN) {
+    if crc32c::crc32c(&file[..hlen - CRC_LEN]) != u32_at(file, hlen - CRC_LEN) {
         return Err(FormatError::HeaderChecksum);
     }
     let s = FIXED_LEN;
     let r = s + lens[0];
     let v = r + lens[1];
-    let same_key = u64_at(&file, 16) == block_size
-        && u64_at(&file, 24) == key.index
+    let same_key = u64_at(file, 16) == block_size
+        && u64_at(file, 24) == key.index
         && file[s..r] == *key.source.as_bytes()
         && file[r..v] == *key.remote.as_bytes()
         && file[v..v + lens[2]] == *key.validator.as_bytes();
     if !same_key {
         return Err(FormatError::KeyMismatch);
     }
-    let expected = u64_at(&file, 32);
+    let expected = u64_at(file, 32);
     let found = (file.len() - hlen) as u64;
     if expected != found || found > block_size {
         return Err(FormatError::PayloadLength { expected, found });
     }
-    let crc = u32_at(&file, 40);
-    file.advance(hlen);
-    if crc32c::crc32c(&file) != crc {
+    let crc = u32_at(file, 40);
+    if crc32c::crc32c(&file[hlen..]) != crc {
         return Err(FormatError::PayloadChecksum);
     }
-    Ok(file.freeze())
+    Ok(hlen)
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
