@@ -489,17 +489,22 @@ fn a_secret_from_credentials_directory_is_used_and_never_shown() {
     }
 }
 
+/// A foreground daemon mounting `fx`, logging at info to its guard's log.
+fn mount_logging_info(fx: &Fixture) -> MountGuard {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fx.url();
+    let mut cmd = foreground(dir.path(), &[url.as_ref()]);
+    cmd.env("FETCHFS_LOG", "info");
+    spawn_mounted(dir, cmd)
+}
+
 #[test]
 fn a_failed_operation_is_logged_once_with_op_path_and_errno() {
     if !can_mount() {
         return;
     }
     let fx = fixture();
-    let dir = tempfile::tempdir().unwrap();
-    let url = fx.url();
-    let mut cmd = foreground(dir.path(), &[url.as_ref()]);
-    cmd.env("FETCHFS_LOG", "info");
-    let m = spawn_mounted(dir, cmd);
+    let m = mount_logging_info(&fx);
     assert!(m.path("sub/denied.bin").exists());
     fx.server.harness.faults.set(FaultSpec {
         fail_every: 1,
@@ -533,11 +538,7 @@ fn everyday_tools_and_an_outside_umount_leave_no_warning_in_the_log() {
     }
     use std::os::fd::AsRawFd;
     let fx = fixture();
-    let dir = tempfile::tempdir().unwrap();
-    let url = fx.url();
-    let mut cmd = foreground(dir.path(), &[url.as_ref()]);
-    cmd.env("FETCHFS_LOG", "info");
-    let mut m = spawn_mounted(dir, cmd);
+    let mut m = mount_logging_info(&fx);
     let copy = m.dir.path().join("copy.txt");
     let (ok, _, err) = sh(
         &format!(

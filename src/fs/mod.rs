@@ -515,8 +515,9 @@ impl FsCore {
             .ok_or(FsError::NoAttr)
     }
 
-    /// Whether opening `ino` now would ask the source: (metadata older than the TTL, that or no
-    /// version known yet — a file listed without one, as an autoindex lists them).
+    /// `(stale, asks)` for opening `ino` now: whether its metadata is older than the TTL, and
+    /// whether the open must ask the source (stale, or no version known yet: a file listed
+    /// without one, as an autoindex lists them).
     fn open_asks(&self, ino: u64) -> FsResult<(bool, bool)> {
         let t = self.table.lock().unwrap();
         let n = t.get(ino).ok_or(FsError::NotFound)?;

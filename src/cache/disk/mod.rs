@@ -109,9 +109,10 @@ impl DiskError {
 
 /// Largest block size accepted: a block is read into one buffer.
 const MAX_BLOCK_SIZE: u64 = 1 << 30;
-/// At most one "write failed" warning per this interval (a full disk fails every put).
-/// Read buffers kept for reuse (see `DiskCache::reads`): 16 MiB of 1 MiB blocks.
+/// Read buffers kept for reuse (see `DiskCache::reads`): 16 MiB of 1 MiB blocks, on top of the
+/// memory tier's 32, still well inside the 64 MiB the RSS allowance leaves beside the budget.
 const READ_BUFFERS: usize = 16;
+/// At most one "write failed" warning per this interval (a full disk fails every put).
 const WARN_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Counters and sizes of a cache directory.
