@@ -326,6 +326,22 @@ impl BlockCache {
         }
     }
 
+    /// Drops the cached blocks `blocks` of `file`, which a sequential reader has gone past:
+    /// their buffers go back to the pool for the blocks it reads next (see
+    /// `crate::fs::RELEASE_BEHIND`). Blocks being fetched are left alone.
+    pub fn release(&self, file: &FileCtx, blocks: Range<u64>) {
+        let mut g = self.inner.lock().unwrap();
+        for index in blocks {
+            let id = BlockId {
+                file: file.key.clone(),
+                index,
+            };
+            if let Some(b) = g.lru.pop(&id) {
+                g.cached -= b.len() as u64;
+            }
+        }
+    }
+
     /// Evicts LRU blocks until `extra` more bytes fit in the budget (or nothing is left to
     /// evict). Returns whether they fit.
     fn make_room(&self, g: &mut Inner, extra: u64) -> bool {
