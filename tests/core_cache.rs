@@ -267,6 +267,57 @@ async fn sixty_four_files_read_at_once_stay_under_the_memory_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_sequential_reader_leaves_only_its_recent_blocks_in_memory() {
+    let src = MemSource::new();
+    let big = pseudo_random((96 * MB + 7) as usize, 11);
+    let short = pseudo_random((20 * MB) as usize, 12);
+    src.put("big", big.clone(), Some(sha1(&big)));
+    src.put("short", short.clone(), None);
+    let core = core_over(src.clone(), 256 * MB);
+    let (big_ino, short_ino) = (ino(&core, "big").await, ino(&core, "short").await);
+
+    // Another reader's head of the file stays cached whatever a later reader does.
+    let (fh, _) = core.open(big_ino).await.unwrap();
+    assert!(core.read(fh, 0, 4 << 20).await.unwrap() == big[..4 << 20]);
+    core.release(fh);
+
+    // A reader from 8 MiB to EOF: its checksum still verifies (the verifier took every
+    // released block first), and what stays cached is the blocks near it, not the file.
+    let (fh, _) = core.open(big_ino).await.unwrap();
+    let mut peak = 0;
+    let mut at = 8 * MB;
+    loop {
+        let b = core.read(fh, at, 512 << 10).await.unwrap();
+        if b.is_empty() {
+            break;
+        }
+        assert!(b[..] == big[at as usize..at as usize + b.len()], "bytes at {at}");
+        at += b.len() as u64;
+        peak = peak.max(core.cache().stats().cached_bytes);
+    }
+    core.release(fh);
+    // 4 MiB head + 16 MiB behind the reader + 16 MiB window + 4 MiB request, and what the
+    // hashing (on tasks of its own) has not taken yet; without the release it is the file.
+    assert!(peak <= 60 * MB, "peak cached {} MiB of a 96 MiB file", peak / MB);
+    assert!(peak >= 20 * MB, "the blocks behind the reader are kept for a while");
+
+    // A file shorter than the release run keeps all its blocks.
+    let (fh, _) = core.open(short_ino).await.unwrap();
+    assert!(read_all(&core, fh, 512 << 10).await.unwrap() == short);
+    core.release(fh);
+    let before = src.shared.requests.load(Ordering::SeqCst);
+    let (fh, _) = core.open(short_ino).await.unwrap();
+    assert!(read_all(&core, fh, 512 << 10).await.unwrap() == short);
+    let (fh2, _) = core.open(big_ino).await.unwrap();
+    assert!(core.read(fh2, 0, 4 << 20).await.unwrap() == big[..4 << 20]);
+    assert_eq!(
+        src.shared.requests.load(Ordering::SeqCst),
+        before,
+        "the short file and the head of the long one were read from memory"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_file_source_is_downloaded_once_for_any_number_of_ranges() {
     let src = MemSource::whole_file();
     let data = pseudo_random((6 * MB + 1) as usize, 8);

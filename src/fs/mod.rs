@@ -161,6 +161,8 @@ struct Handle {
     sequential: std::sync::atomic::AtomicBool,
     /// Blocks below this index were released from the memory tier behind this reader.
     released: AtomicU64,
+    /// Bytes its verifier has hashed (`u64::MAX` without one): blocks from here on are kept.
+    hashed: AtomicU64,
 }
 
 /// A long sequential reader's blocks are dropped from the memory tier once it is this far past
@@ -645,6 +647,7 @@ impl FsCore {
             }
             _ => None,
         };
+        let has_verifier = verifier.is_some();
         let handle = Arc::new(Handle {
             ino,
             ctx,
@@ -654,6 +657,7 @@ impl FsCore {
             stream,
             sequential: std::sync::atomic::AtomicBool::new(false),
             released: AtomicU64::new(0),
+            hashed: AtomicU64::new(if has_verifier { 0 } else { u64::MAX }),
         });
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().unwrap().insert(fh, handle);
@@ -756,6 +760,7 @@ impl FsCore {
                 self.verify(&h, range.start, &data).await?;
             } else {
                 *h.verifier.lock().await = None;
+                h.hashed.store(u64::MAX, Ordering::Relaxed);
             }
             return Ok(ReadOut::Data(data));
         }
@@ -804,16 +809,7 @@ impl FsCore {
     /// none its checksum has yet to take (the verifier fills its gaps from the cache).
     fn release_behind(&self, h: &Handle, at: u64, run: u64) {
         let bs = self.cache.block_size();
-        let mut upto = at.saturating_sub(RELEASE_BEHIND) / bs;
-        match h.verifier.try_lock() {
-            Ok(v) => {
-                if let Some(v) = v.as_ref() {
-                    upto = upto.min(v.pos / bs);
-                }
-            }
-            // Being fed: the next READ releases.
-            Err(_) => return,
-        }
+        let upto = (at.saturating_sub(RELEASE_BEHIND) / bs).min(h.hashed.load(Ordering::Relaxed) / bs);
         let from = h
             .released
             .fetch_max(upto, Ordering::Relaxed)
@@ -867,31 +863,20 @@ impl FsCore {
     async fn verify(&self, h: &Handle, offset: u64, data: &Bytes) -> FsResult<()> {
         let mut guard = h.verifier.lock().await;
         let Some(v) = guard.as_mut() else { return Ok(()) };
-        if offset > v.pos + VERIFY_MAX_GAP {
-            // Not a reader going from 0 to EOF: nothing to verify, and no gap worth fetching.
-            tracing::debug!(remote = %h.ctx.key.remote, at = offset, hashed = v.pos, "read out of order: checksum not verified");
+        let verdict = self.feed(h, v, offset, data).await;
+        h.hashed.store(v.pos, Ordering::Relaxed);
+        let verdict = verdict?;
+        if verdict != Some(Verdict::Pending) {
             *guard = None;
-            return Ok(());
+            h.hashed.store(u64::MAX, Ordering::Relaxed);
         }
-        // Fill a gap left by reads answered out of order, from the cache.
-        while v.pos < offset {
-            let bs = self.cache.block_size();
-            let b = v.pos / bs;
-            let block = self.cache.block(&h.ctx, b).await?;
-            let from = (v.pos - b * bs) as usize;
-            let to = (offset.min(b * bs + block.len() as u64) - b * bs) as usize;
-            let at = v.pos;
-            v.feed(at, &block[from..to]);
-        }
-        match v.feed(offset, data) {
-            Verdict::Pending => Ok(()),
-            Verdict::Match => {
+        match verdict {
+            None | Some(Verdict::Pending) => Ok(()),
+            Some(Verdict::Match) => {
                 tracing::debug!(remote = %h.ctx.key.remote, "checksum verified");
-                *guard = None;
                 Ok(())
             }
-            Verdict::Mismatch { expected, actual } => {
-                *guard = None;
+            Some(Verdict::Mismatch { expected, actual }) => {
                 tracing::error!(remote = %h.ctx.key.remote, %expected, %actual, "checksum mismatch: dropping cached blocks, reads of this version fail with EIO");
                 {
                     let mut t = self.table.lock().unwrap();
@@ -908,6 +893,27 @@ impl FsCore {
                 ))))
             }
         }
+    }
+
+    /// Feeds `data` at `offset` to `v`, first filling from the cache a gap left by reads
+    /// answered out of order. `None`: the read is too far beyond the prefix to be a sequential
+    /// reader's, and the checksum cannot be followed.
+    async fn feed(&self, h: &Handle, v: &mut Verifier, offset: u64, data: &Bytes) -> FsResult<Option<Verdict>> {
+        if offset > v.pos + VERIFY_MAX_GAP {
+            // Not a reader going from 0 to EOF: nothing to verify, and no gap worth fetching.
+            tracing::debug!(remote = %h.ctx.key.remote, at = offset, hashed = v.pos, "read out of order: checksum not verified");
+            return Ok(None);
+        }
+        let bs = self.cache.block_size();
+        while v.pos < offset {
+            let b = v.pos / bs;
+            let block = self.cache.block(&h.ctx, b).await?;
+            let from = (v.pos - b * bs) as usize;
+            let to = (offset.min(b * bs + block.len() as u64) - b * bs) as usize;
+            let at = v.pos;
+            v.feed(at, &block[from..to]);
+        }
+        Ok(Some(v.feed(offset, data)))
     }
 
     /// The path of `ino` inside the mount (`/dir/file`), for log lines about failed operations;
