@@ -19,6 +19,12 @@
 //! completes each block as soon as its last byte arrives, so a reader waiting for the first
 //! block of an 8 MiB run is woken after 1 MiB, not 8. A body cut mid-stream is resumed with a
 //! range starting at the first byte not yet received, until the I/O deadline.
+//!
+//! ## What stays
+//! Least recently used blocks are evicted when the budget is short, and [`BlockCache::release`]
+//! drops the blocks a long sequential reader has left behind (`crate::fs::RELEASE_BEHIND`):
+//! the kernel's page cache holds those, and their buffers are better used for the next blocks
+//! (a recycled buffer costs no page faults; see [`BufPool`]).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
