@@ -2,7 +2,8 @@
 //!
 //! Reading a file through the mount is the one way to fill every tier (kernel page cache, memory
 //! and disk) without a side channel to the daemon, and it exercises the same path a later reader
-//! takes. The walker:
+//! takes. Of a file longer than `crate::fs::RELEASE_AFTER` the memory tier keeps only the last
+//! blocks read (the page cache and the disk tier hold the rest). The walker:
 //!
 //! 1. walks every PATH (a file or a whole tree) once to list regular files and their sizes, so
 //!    the progress bar has a total and an ETA;
