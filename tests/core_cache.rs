@@ -273,6 +273,9 @@ async fn a_long_sequential_reader_leaves_only_its_recent_blocks_in_memory() {
     let short = pseudo_random((20 * MB) as usize, 12);
     src.put("big", big.clone(), Some(sha1(&big)));
     src.put("short", short.clone(), None);
+    let mut wrong = big.clone();
+    wrong[70 << 20] ^= 1;
+    src.put("bad", big.clone(), Some(sha1(&wrong)));
     let core = core_over(src.clone(), 256 * MB);
     let (big_ino, short_ino) = (ino(&core, "big").await, ino(&core, "short").await);
 
@@ -315,6 +318,11 @@ async fn a_long_sequential_reader_leaves_only_its_recent_blocks_in_memory() {
         before,
         "the short file and the head of the long one were read from memory"
     );
+
+    // Released blocks never hide a bad checksum: the last read of a long file still fails.
+    let (fh, _) = core.open(ino(&core, "bad").await).await.unwrap();
+    let err = read_all(&core, fh, 512 << 10).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
