@@ -323,8 +323,15 @@ async fn a_long_sequential_reader_leaves_only_its_recent_blocks_in_memory() {
 
     // A checksummed file read in order verifies although its blocks are released behind the
     // reader (never before the verifier has hashed them: it fills its gaps from the cache).
-    let (fh, _) = core.open(ino(&core, "summed").await).await.unwrap();
+    let summed = ino(&core, "summed").await;
+    let before = src.shared.bytes.load(Ordering::SeqCst);
+    let (fh, _) = core.open(summed).await.unwrap();
     assert!(read_all(&core, fh, 512 << 10).await.unwrap() == big);
+    assert_eq!(
+        src.shared.bytes.load(Ordering::SeqCst) - before,
+        big.len() as u64,
+        "downloaded once: no block was released before the hashing took it"
+    );
     core.release(fh);
 
     // Released blocks never hide a bad checksum: the last read of a long file still fails.

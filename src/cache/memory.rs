@@ -96,6 +96,15 @@ struct Inner {
     inflight: HashMap<BlockId, Slot>,
 }
 
+impl Inner {
+    /// Drops a cached block, if it is there, and its bytes from `cached`.
+    fn uncache(&mut self, id: &BlockId) {
+        if let Some(b) = self.lru.pop(id) {
+            self.cached -= b.len() as u64;
+        }
+    }
+}
+
 /// Why a fetch is made: demand fetches may evict anything; prefetches are capped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Priority {
@@ -326,9 +335,7 @@ impl BlockCache {
             .map(|(k, _)| k.clone())
             .collect();
         for id in doomed {
-            if let Some(b) = g.lru.pop(&id) {
-                g.cached -= b.len() as u64;
-            }
+            g.uncache(&id);
         }
     }
 
@@ -338,13 +345,10 @@ impl BlockCache {
     pub fn release(&self, file: &FileCtx, blocks: Range<u64>) {
         let mut g = self.inner.lock().unwrap();
         for index in blocks {
-            let id = BlockId {
+            g.uncache(&BlockId {
                 file: file.key.clone(),
                 index,
-            };
-            if let Some(b) = g.lru.pop(&id) {
-                g.cached -= b.len() as u64;
-            }
+            });
         }
     }
 
