@@ -1572,21 +1572,13 @@ fn serve_download(
         }
         let body = match data {
             Data::Mem(b) => Body::from(b.slice(start as usize..(start + len) as usize)),
-            Data::Disk(path, _) => match disk_body(path, start, len).await {
+            Data::Disk(path, _) => match super::file_body(&path, start, len) {
                 Ok(b) => b,
                 Err(x) => return err(500, "internal_error", format!("cannot read object: {x}")).render(false),
             },
         };
         r.body(body).unwrap()
     })
-}
-
-async fn disk_body(path: PathBuf, start: u64, len: u64) -> std::io::Result<Body> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut f = tokio::fs::File::open(&path).await?;
-    f.seek(std::io::SeekFrom::Start(start)).await?;
-    let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 256 << 10);
-    Ok(Body::from_stream(stream))
 }
 
 /// Sample objects for `fetchfs demo`: written under `dir/b2`, served on a free port.

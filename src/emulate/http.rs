@@ -214,20 +214,11 @@ async fn file(
     if method == Method::HEAD {
         return resp.body(Body::empty()).unwrap();
     }
-    let body = match file_body(path.to_path_buf(), start, len).await {
+    let body = match super::file_body(path, start, len) {
         Ok(b) => b,
         Err(_) => return StatusCode::NOT_FOUND.into_response(),
     };
     resp.body(body).unwrap()
-}
-
-/// Streams `len` bytes of `path` from `start` in 256 KiB chunks.
-async fn file_body(path: PathBuf, start: u64, len: u64) -> std::io::Result<Body> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut f = tokio::fs::File::open(&path).await?;
-    f.seek(std::io::SeekFrom::Start(start)).await?;
-    let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 256 << 10);
-    Ok(Body::from_stream(stream))
 }
 
 pub(crate) enum RangeAsk {

@@ -274,6 +274,75 @@ fn mangle(
     Body::from_stream(tokio_stream_from(rx))
 }
 
+/// Bytes a file body is read in, per `pread`.
+const BODY_CHUNK: usize = 1 << 20;
+/// Body buffers kept for reuse across responses (at most this many MiB of the emulator's RSS).
+const BODY_BUFFERS: usize = 64;
+
+/// The body of `len` bytes of `path` from `start`, as every emulator serves a file.
+///
+/// One blocking task reads the range with `pread` into 1 MiB buffers and hands them to hyper,
+/// which writes them to the socket as they are; a buffer hyper has written goes back to a pool
+/// for the next one. Each byte is copied twice in the emulator (page cache → buffer → socket).
+/// `tokio::fs::File` under a `ReaderStream`, which this replaced, copied three times (into the
+/// file's own buffer first), went to the blocking pool once per 256 KiB and allocated a fresh
+/// buffer for each: `perf` of an emulator serving a mount put a quarter of its samples in
+/// zeroing and faulting in new pages. The emulators run on the two cores of the client being
+/// measured, so what they burn is taken from it.
+///
+/// A file that shrinks under the read ends the body early with an error (the client sees an
+/// incomplete body), as a real server's connection reset would. The file is opened before the
+/// response is built, so a missing one is the caller's error to render.
+pub fn file_body(path: &std::path::Path, start: u64, len: u64) -> std::io::Result<Body> {
+    use std::os::fd::AsRawFd;
+    static POOL: std::sync::OnceLock<Arc<crate::cache::memory::BufPool>> = std::sync::OnceLock::new();
+    let pool = POOL
+        .get_or_init(|| crate::cache::memory::BufPool::new(BODY_BUFFERS))
+        .clone();
+    let file = std::fs::File::open(path)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
+    tokio::task::spawn_blocking(move || {
+        let mut off = start;
+        let end = start + len;
+        while off < end {
+            let n = (end - off).min(BODY_CHUNK as u64) as usize;
+            let mut buf = pool.take(n);
+            // SAFETY: `take` reserved room for `n` bytes; pread writes at most `n` bytes into
+            // that spare capacity, and only the `got` bytes it wrote become the vector's length.
+            let got = unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    buf.spare_capacity_mut().as_mut_ptr().cast(),
+                    n,
+                    off as libc::off_t,
+                )
+            };
+            let item = match got {
+                0 => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "file shorter than its announced length",
+                )),
+                got if got > 0 => {
+                    // SAFETY: the first `got` bytes were written by pread just now.
+                    unsafe { buf.set_len(got as usize) };
+                    off += got as u64;
+                    Ok(pool.freeze(buf))
+                }
+                _ => match std::io::Error::last_os_error() {
+                    e if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    e => Err(e),
+                },
+            };
+            let failed = item.is_err();
+            // A closed receiver is a client that went away: stop reading.
+            if tx.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok(Body::from_stream(tokio_stream_from(rx)))
+}
+
 fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures_util::Stream<Item = T> + Send {

@@ -1102,7 +1102,7 @@ async fn file_response(path: &Path, name: &str, size: u64, headers: &HeaderMap) 
             [(header::CONTENT_RANGE, format!("bytes */{size}"))],
         )
             .into_response(),
-        RangeAsk::Whole => match file_body(path, 0, size).await {
+        RangeAsk::Whole => match super::file_body(path, 0, size) {
             Ok(body) => base()
                 .status(StatusCode::OK)
                 .header(header::CONTENT_LENGTH, size)
@@ -1112,7 +1112,7 @@ async fn file_response(path: &Path, name: &str, size: u64, headers: &HeaderMap) 
         },
         RangeAsk::Spans(spans) if spans.len() == 1 => {
             let (a, e) = spans[0];
-            match file_body(path, a, e - a + 1).await {
+            match super::file_body(path, a, e - a + 1) {
                 Ok(body) => base()
                     .status(StatusCode::PARTIAL_CONTENT)
                     .header(header::CONTENT_RANGE, format!("bytes {a}-{e}/{size}"))
@@ -1154,17 +1154,6 @@ async fn file_response(path: &Path, name: &str, size: u64, headers: &HeaderMap) 
                 .unwrap()
         }
     }
-}
-
-/// Streams `len` bytes of `path` from `start` in 256 KiB chunks.
-async fn file_body(path: &Path, start: u64, len: u64) -> std::io::Result<Body> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut f = tokio::fs::File::open(path).await?;
-    f.seek(std::io::SeekFrom::Start(start)).await?;
-    Ok(Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-        f.take(len),
-        256 << 10,
-    )))
 }
 
 /// `GET /download/{code}`: the TAR of a directory; only `Range: bytes=N-` resumes it.

@@ -43,7 +43,7 @@
 //! another process.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Seek};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1347,21 +1347,11 @@ fn cos_get(s: &AppState, method: &Method, rest: &str, q: &Query, headers: &Heade
     if method == Method::HEAD || len == 0 {
         return resp.body(Body::empty()).expect("valid response");
     }
-    let body = match open_at(&file, start) {
-        Ok(f) => {
-            use tokio::io::AsyncReadExt;
-            let f = tokio::fs::File::from_std(f).take(len);
-            Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 << 10))
-        }
+    let body = match super::file_body(&file, start, len) {
+        Ok(b) => b,
         Err(_) => return cos_error(StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist."),
     };
     resp.body(body).expect("valid response")
-}
-
-fn open_at(file: &Path, start: u64) -> std::io::Result<std::fs::File> {
-    let mut f = std::fs::File::open(file)?;
-    f.seek(std::io::SeekFrom::Start(start))?;
-    Ok(f)
 }
 
 // ---------------------------------------------------------------------------------------------
