@@ -16,6 +16,8 @@ pub struct Metrics {
     pub http_bytes: AtomicU64,
     /// Body bytes handed from the socket to FUSE by splice, never copied into the daemon.
     pub spliced_bytes: AtomicU64,
+    /// Body bytes a verified stream read into the daemon and hashed in file order.
+    pub stream_verified_bytes: AtomicU64,
     pub http_retries: AtomicU64,
     pub http_errors: AtomicU64,
     pub cache_hits: AtomicU64,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use fetchfs::emulate::smh::{SmhControl, SmhEmuOptions};
-use fetchfs::emulate::{self, Server};
+use fetchfs::emulate::{self, FaultSpec, Server};
 
 const SECRET: &str = "mount-secret";
 
@@ -181,28 +181,36 @@ fn versions_symlinks_and_xattrs_are_visible_through_the_mount() {
 }
 
 #[test]
-fn a_large_file_with_a_wrong_crc64_fails_every_time_and_is_never_spliced() {
+fn a_large_file_is_verified_on_its_stream_and_a_wrong_crc64_or_a_flipped_byte_fails_it() {
     if !can_mount() {
         return;
     }
     let fx = fixture();
     let data = pseudo_random(64 << 20, 13);
-    write(fx.data.path(), "good.bin", &data);
-    write(fx.data.path(), "bad.bin", &data);
+    for name in ["good.bin", "bad.bin", "flip.bin"] {
+        write(fx.data.path(), name, &data);
+    }
     fx.ctl.publish_wrong_crc64("bad.bin");
     let cfg = fx.config(false);
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let m = MountGuard::start(&["--config", &cfg, "--metrics-addr", &addr]);
-    let (ok, sum, err) = sh(
-        &format!("md5sum < {}", m.path("smh/good.bin").display()),
-        Duration::from_secs(60),
-    );
+    let md5sum = |name: &str| {
+        sh(
+            &format!("md5sum < {}", m.path(&format!("smh/{name}")).display()),
+            Duration::from_secs(60),
+        )
+    };
+    let (ok, sum, err) = md5sum("good.bin");
     assert!(ok, "{err}");
     assert!(sum.starts_with(&md5_hex(&data)), "{sum}");
-    // Checksummed files read the ordinary way (src/splice.rs, "When"), and a large one read
-    // by `md5sum`/`cat`, its READs reordered by the kernel, is still verified: the last read
-    // fails, at every open.
+    // After its first MiBs the reader is streamed (src/splice.rs, "Verified streams"): the
+    // bytes pass through the daemon, hashed as they arrive, and are never spliced past it.
+    let text = scrape_metrics(port);
+    let verified = metric(&text, "fetchfs_read_stream_verified_bytes_total").unwrap();
+    assert!(verified > (32 << 20) as f64, "only {verified} bytes came by the stream");
+    assert_eq!(metric(&text, "fetchfs_read_spliced_bytes_total"), Some(0.0));
+    // A wrong published CRC-64 fails the read that reaches EOF, at every open.
     for attempt in 0..2 {
         let (ok, _, err) = sh(
             &format!("cat {} > /dev/null", m.path("smh/bad.bin").display()),
@@ -211,8 +219,19 @@ fn a_large_file_with_a_wrong_crc64_fails_every_time_and_is_never_spliced() {
         assert!(!ok, "attempt {attempt}: a wrong CRC-64 read cleanly\n{}", m.log_text());
         assert!(err.contains("Input/output error"), "attempt {attempt}: {err}");
     }
-    assert_eq!(
-        metric(&scrape_metrics(port), "fetchfs_read_spliced_bytes_total"),
-        Some(0.0)
-    );
+    // A byte flipped 40 MiB into a response: only the stream's GET (the rest of the file,
+    // ~60 MiB) is that long, so only the stream's hashing can see it.
+    fx.server.harness.faults.set(FaultSpec {
+        flip_at: Some(40 << 20),
+        path_contains: "/cos/".into(),
+        ..FaultSpec::default()
+    });
+    let (ok, _, err) = md5sum("flip.bin");
+    assert!(!ok, "a byte flipped in the stream went unnoticed\n{}", m.log_text());
+    assert!(err.contains("Input/output error"), "{err}");
+    // Once the wire is clean again, the next open downloads and verifies afresh (issue 8).
+    fx.server.harness.faults.clear();
+    let (ok, sum, err) = md5sum("flip.bin");
+    assert!(ok, "{err}\n{}", m.log_text());
+    assert!(sum.starts_with(&md5_hex(&data)), "{sum}");
 }

@@ -40,7 +40,7 @@ use crate::cache::prefetch::Prefetcher;
 use crate::error::SourceError;
 use crate::metrics::{Metrics, global};
 use crate::source::{Entry, EntryKind, OpenRequest, Source};
-use crate::splice::{FuseDev, STREAM_AFTER, Served, Streamer};
+use crate::splice::{Check, FuseDev, STREAM_AFTER, Served, Streamer};
 use inode::{InodeTable, Listing, Node, ROOT};
 use verify::{Verdict, Verifier};
 
@@ -153,7 +153,8 @@ struct Handle {
     ctx: Arc<FileCtx>,
     validator: String,
     prefetch: Mutex<Prefetcher>,
-    verifier: tokio::sync::Mutex<Option<Verifier>>,
+    /// Shared with its stream, which hashes what it reads (a verified stream, `crate::splice`).
+    verifier: Check,
     /// The zero-copy stream of a sequential reader, where the file and the mount allow one.
     stream: Option<Arc<Streamer>>,
     /// Set once the prefetcher has taken a read of this handle for sequential: only such a
@@ -633,29 +634,24 @@ impl FsCore {
             .clone()
             .filter(|_| fresh.size > 0)
             .map(|c| Verifier::new(c, fresh.size));
-        // A stream's bytes never enter the daemon: not with a disk tier (whose point is to keep
-        // them), nor for a file with a checksum (see crate::splice, "When").
+        let has_verifier = verifier.is_some();
+        let verifier: Check = Arc::new(tokio::sync::Mutex::new(verifier));
+        // Not with a disk tier, whose point is to keep the bytes (see crate::splice, "When").
         let stream = match self.fuse_dev.get() {
-            Some(dev)
-                if self.cfg.splice
-                    && self.cache.disk().is_none()
-                    && verifier.is_none()
-                    && fresh.size > STREAM_AFTER =>
-            {
-                ctx.reader
-                    .raw_http()
-                    .await
-                    .map(|t| Arc::new(Streamer::new(t, dev.clone(), self.cfg.io_timeout)))
+            Some(dev) if self.cfg.splice && self.cache.disk().is_none() && fresh.size > STREAM_AFTER => {
+                ctx.reader.raw_http().await.map(|t| {
+                    let check = has_verifier.then(|| verifier.clone());
+                    Arc::new(Streamer::new(t, dev.clone(), self.cfg.io_timeout, check))
+                })
             }
             _ => None,
         };
-        let has_verifier = verifier.is_some();
         let handle = Arc::new(Handle {
             ino,
             ctx,
             validator,
             prefetch: Mutex::new(Prefetcher::new(self.cfg.max_window, self.cfg.max_request)),
-            verifier: tokio::sync::Mutex::new(verifier),
+            verifier,
             stream,
             sequential: std::sync::atomic::AtomicBool::new(false),
             released: AtomicU64::new(0),
@@ -729,6 +725,7 @@ impl FsCore {
                 match s.serve(unique, range.clone()).await {
                     Served::Spliced | Served::Gone => return Ok(ReadOut::Spliced),
                     Served::Data(d) => return Ok(ReadOut::Data(d)),
+                    Served::Mismatch { expected, actual } => return Err(self.checksum_failed(&h, expected, actual)),
                     Served::NotMine => {}
                 }
             } else if streak >= STREAM_AFTER && s.available() {
@@ -741,7 +738,7 @@ impl FsCore {
                     at += bs;
                 }
                 if at.saturating_add(STREAM_AFTER) < file_size {
-                    s.start(at..file_size);
+                    s.start(at..file_size, self.hashed_to(&h, at));
                 }
             }
         }
@@ -878,23 +875,46 @@ impl FsCore {
                 tracing::debug!(remote = %h.ctx.key.remote, "checksum verified");
                 Ok(())
             }
-            Some(Verdict::Mismatch { expected, actual }) => {
-                tracing::error!(remote = %h.ctx.key.remote, %expected, %actual, "checksum mismatch: dropping cached blocks, reads of this version fail with EIO");
-                {
-                    let mut t = self.table.lock().unwrap();
-                    if let Some(n) = t.get_mut(h.ino) {
-                        n.bad_version = Some(h.validator.clone());
-                        n.kernel_validator = None;
-                    }
-                }
-                self.cache.drop_file(&h.ctx.key);
-                self.invalidate_kernel(h.ino);
-                Err(FsError::Source(SourceError::Integrity(format!(
-                    "{}: expected {expected}, got {actual}",
-                    h.ctx.key.remote
-                ))))
+            Some(Verdict::Mismatch { expected, actual }) => Err(self.checksum_failed(h, expected, actual)),
+        }
+    }
+
+    /// A version's checksum came out wrong: its cached blocks and the kernel's pages go, and
+    /// every read of it fails from now on. Returns the error for the read that completed it.
+    fn checksum_failed(&self, h: &Handle, expected: String, actual: String) -> FsError {
+        tracing::error!(remote = %h.ctx.key.remote, %expected, %actual, "checksum mismatch: dropping cached blocks, reads of this version fail with EIO");
+        {
+            let mut t = self.table.lock().unwrap();
+            if let Some(n) = t.get_mut(h.ino) {
+                n.bad_version = Some(h.validator.clone());
+                n.kernel_validator = None;
             }
         }
+        self.cache.drop_file(&h.ctx.key);
+        self.invalidate_kernel(h.ino);
+        FsError::Source(SourceError::Integrity(format!(
+            "{}: expected {expected}, got {actual}",
+            h.ctx.key.remote
+        )))
+    }
+
+    /// For a handle with a checksum, the work its stream waits for before opening at `at`: the
+    /// checksum is brought up to `at` from the cache (those blocks are cached or being
+    /// fetched), so that the stream can hash everything after in order. `false` (the stream
+    /// stays closed, the ordinary path keeps verifying): a failed fetch, or a checksum that
+    /// cannot follow this reader.
+    fn hashed_to(self: &Arc<Self>, h: &Arc<Handle>, at: u64) -> Option<crate::splice::BoxFuture> {
+        if h.hashed.load(Ordering::Relaxed) == u64::MAX {
+            return None;
+        }
+        let (me, h) = (self.clone(), h.clone());
+        Some(Box::pin(async move {
+            let mut guard = h.verifier.lock().await;
+            let Some(v) = guard.as_mut() else { return true };
+            let fed = me.feed(&h, v, at, &Bytes::new()).await;
+            h.hashed.store(v.pos, Ordering::Relaxed);
+            matches!(fed, Ok(Some(Verdict::Pending)))
+        }))
     }
 
     /// Feeds `data` at `offset` to `v`, first filling from the cache a gap left by reads

@@ -77,6 +77,12 @@ pub fn render(core: Option<&FsCore>) -> String {
         Metrics::get(&g.spliced_bytes),
     );
     o.one(
+        "fetchfs_read_stream_verified_bytes_total",
+        "counter",
+        "HTTP body bytes of checksummed files read by a stream and hashed as they arrived (part of fetchfs_http_bytes_total).",
+        Metrics::get(&g.stream_verified_bytes),
+    );
+    o.one(
         "fetchfs_http_retries_total",
         "counter",
         "Requests retried and bodies resumed after a transient failure (all sources).",
