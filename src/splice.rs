@@ -453,49 +453,20 @@ impl Stream {
     /// The reply being built (`queued` bytes in the pipe, header first) as `len` bytes in
     /// memory, the rest read from the socket.
     async fn copy_out(&mut self, queued: usize, len: usize, timeout: Duration) -> io::Result<Bytes> {
-        let mut buf = vec![0u8; OUT_HEADER + len];
+        let mut buf = vec![0u8; queued];
         let mut have = 0;
         while have < queued {
             // SAFETY: reads into the live, in-bounds part of `buf`.
             let n = cvt_size(unsafe {
-                libc::read(
-                    self.pipe.r.as_raw_fd(),
-                    buf[have..queued].as_mut_ptr().cast(),
-                    queued - have,
-                )
+                libc::read(self.pipe.r.as_raw_fd(), buf[have..].as_mut_ptr().cast(), queued - have)
             })?;
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
             have += n;
         }
-        self.recv_exact(&mut buf[have..], timeout).await?;
+        self.recv_into(&mut buf, OUT_HEADER + len, timeout).await?;
         Ok(Bytes::from(buf).slice(OUT_HEADER..))
-    }
-
-    /// Fills `buf` from the socket.
-    async fn recv_exact(&self, buf: &mut [u8], timeout: Duration) -> io::Result<()> {
-        let mut have = 0;
-        while have < buf.len() {
-            let rest = &mut buf[have..];
-            // SAFETY: receives into the live, in-bounds tail of `buf`.
-            let r = unsafe {
-                libc::recv(
-                    self.sock.as_raw_fd(),
-                    rest.as_mut_ptr().cast(),
-                    rest.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            match cvt_size(r) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => have += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_readable(timeout).await?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
     }
 
     /// Waits until the socket has bytes. The syscalls here bypass tokio, whose readiness flag
