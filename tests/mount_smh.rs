@@ -187,7 +187,7 @@ fn a_large_file_is_verified_on_its_stream_and_a_wrong_crc64_or_a_flipped_byte_fa
     }
     let fx = fixture();
     let data = pseudo_random(64 << 20, 13);
-    for name in ["good.bin", "bad.bin", "flip.bin"] {
+    for name in ["good.bin", "bad.bin", "flip.bin", "tail.bin"] {
         write(fx.data.path(), name, &data);
     }
     fx.ctl.publish_wrong_crc64("bad.bin");
@@ -210,6 +210,24 @@ fn a_large_file_is_verified_on_its_stream_and_a_wrong_crc64_or_a_flipped_byte_fa
     let verified = metric(&text, "fetchfs_read_stream_verified_bytes_total").unwrap();
     assert!(verified > (32 << 20) as f64, "only {verified} bytes came by the stream");
     assert_eq!(metric(&text, "fetchfs_read_spliced_bytes_total"), Some(0.0));
+    // A reader that starts at 8 MiB has no checksum to follow: its stream splices.
+    let (ok, sum, err) = sh(
+        &format!(
+            "dd if={} bs=1M skip=8 status=none | md5sum",
+            m.path("smh/tail.bin").display()
+        ),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{err}");
+    assert!(sum.starts_with(&md5_hex(&data[8 << 20..])), "{sum}");
+    let text = scrape_metrics(port);
+    let spliced = metric(&text, "fetchfs_read_spliced_bytes_total").unwrap();
+    assert!(spliced > (32 << 20) as f64, "only {spliced} bytes spliced");
+    assert_eq!(
+        metric(&text, "fetchfs_read_stream_verified_bytes_total"),
+        Some(verified),
+        "nothing of the tail is hashed"
+    );
     // A wrong published CRC-64 fails the read that reaches EOF, at every open.
     for attempt in 0..2 {
         let (ok, _, err) = sh(
