@@ -193,11 +193,18 @@ fn serve(req: MountRequest, ready_fd: Option<RawFd>) -> Result<(), MountError> {
         .enable_all()
         .build()
         .map_err(|e| MountError(format!("cannot start the I/O runtime: {e}")))?;
-    let signals = rt.block_on(async { Signals::install() })?;
+    let mut signals = rt.block_on(async { Signals::install() })?;
     let cfg = &req.config;
     crate::notify::status("Reaching the sources");
     let disk = open_disk(cfg)?;
-    let sources = rt.block_on(build_sources(cfg))?;
+    // An unreachable source is retried for up to ~30 s before the mount fails; a stop asked
+    // for meanwhile (Ctrl-C, `systemctl stop`) ends it at once.
+    let sources = rt.block_on(async {
+        tokio::select! {
+            r = build_sources(cfg) => r,
+            _ = signals.any() => Err(MountError("stopped by a signal while reaching the sources; nothing was mounted".into())),
+        }
+    })?;
     let core = FsCore::with_disk(CoreConfig::from_config(cfg), sources, req.single_root, disk);
     if let Some(addr) = cfg.metrics_addr {
         crate::metrics::prom::start(&rt, addr, core.clone())
@@ -378,23 +385,25 @@ impl Signals {
             hup: get(SignalKind::hangup(), "SIGHUP")?,
         })
     }
+
+    /// Waits for any of them.
+    pub async fn any(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+            _ = self.hup.recv() => {}
+        }
+    }
 }
 
 /// Serves until SIGINT/SIGTERM (then unmounts) or until the session ends (external umount).
-pub async fn wait_for_end(mut running: Running, mountpoint: &Path, signals: Signals) -> Result<(), MountError> {
-    let Signals {
-        mut term,
-        mut int,
-        mut hup,
-    } = signals;
+pub async fn wait_for_end(mut running: Running, mountpoint: &Path, mut signals: Signals) -> Result<(), MountError> {
     let ended = tokio::select! {
         r = &mut running.done => {
             running.finished = true;
             Some(r)
         }
-        _ = term.recv() => None,
-        _ = int.recv() => None,
-        _ = hup.recv() => None,
+        _ = signals.any() => None,
     };
     if let Some(r) = ended {
         tracing::info!(mountpoint = %mountpoint.display(), "unmounted");

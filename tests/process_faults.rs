@@ -1,7 +1,8 @@
 //! Process faults through real mounts: the daemon killed with SIGKILL while reads are going
 //! (the mountpoint is recovered with the one command the README documents, or automatically
 //! with `-o auto_unmount`, and a remount on the same disk cache serves exact bytes), and
-//! SIGTERM during heavy reads (exit 0 within a bound, the mount gone, no reader hangs).
+//! SIGTERM during heavy reads (exit 0 within a bound, the mount gone, no reader hangs), and
+//! SIGTERM while the source is still being reached (the daemon ends at once, nothing mounted).
 
 mod common;
 
@@ -323,4 +324,43 @@ fn sigterm_during_heavy_reads_exits_zero_unmounts_and_no_reader_hangs() {
             );
         }
     }
+}
+
+#[test]
+fn sigterm_while_the_source_is_still_unreachable_ends_the_daemon_at_once() {
+    // A source that refuses connections is retried for ~30 s before the mount fails; a stop
+    // asked for meanwhile must not wait for that.
+    let mnt = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}/", free_port());
+    let mut child = std::process::Command::new(BIN)
+        .args(["mount", "--foreground", &url])
+        .arg(mnt.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon gave up on its own too soon for this test"
+    );
+    // SAFETY: signals the child this test spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the daemon was still reaching its source 5 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{status}: {err}");
+    assert!(err.contains("stopped by a signal"), "{err}");
+    assert!(!is_mounted(mnt.path()), "nothing may be mounted");
 }
