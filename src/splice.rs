@@ -351,7 +351,6 @@ impl HashLane {
 /// A handle's verifier, shared between its stream and its ordinary reads.
 pub type Check = Arc<Mutex<Option<Verifier>>>;
 
-/// Work a stream waits for before it opens.
 /// Work a stream waits for before it opens; `false`: do not open it.
 pub type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 
