@@ -6,13 +6,14 @@
 //! anyway. When the prefix reaches the file size the digest is compared; the read that
 //! completes it fails on mismatch.
 
+use crate::provider::smh::Crc64;
 use crate::source::Checksum;
 use md5::Digest as _;
 
 enum State {
     Sha1(sha1::Sha1),
     Md5(md5::Md5),
-    Crc64(Box<crc64fast::Digest>),
+    Crc64(Box<Crc64>),
 }
 
 /// Running hash of a contiguous prefix of one file version.
@@ -37,7 +38,7 @@ impl Verifier {
         let state = match want {
             Checksum::Sha1(_) => State::Sha1(sha1::Sha1::new()),
             Checksum::Md5(_) => State::Md5(md5::Md5::new()),
-            Checksum::Crc64Xz(_) => State::Crc64(Box::new(crc64fast::Digest::new())),
+            Checksum::Crc64Xz(_) => State::Crc64(Box::new(Crc64::new())),
         };
         Verifier {
             want,
@@ -64,7 +65,7 @@ impl Verifier {
         if self.pos < self.size {
             return Verdict::Pending;
         }
-        let state = std::mem::replace(&mut self.state, State::Crc64(Box::new(crc64fast::Digest::new())));
+        let state = std::mem::replace(&mut self.state, State::Crc64(Box::new(Crc64::new())));
         let actual = match state {
             State::Sha1(h) => Checksum::Sha1(h.finalize().into()),
             State::Md5(h) => Checksum::Md5(h.finalize().into()),

@@ -93,10 +93,32 @@ pub const VERSIONS_DIR: &str = ".versions";
 /// Largest error body read (JSON or COS XML).
 const MAX_ERROR_BODY: usize = 64 << 10;
 
-/// A running CRC-64/XZ, the "CRC64-ECMA182" of COS and SMH (§3.6). `crc64fast` folds with
-/// carry-less multiplication: 7 GB/s here, against 1.5 GB/s for the `crc` crate's slice-by-16
-/// tables, which cost a third of a core at full read speed.
-pub use crc64fast::Digest as Crc64;
+/// A running CRC-64/XZ, the "CRC64-ECMA182" of COS and SMH (§3.6), computed by `crc-fast`,
+/// which folds 512 bits at a time with VPCLMULQDQ where the CPU has it. 1 GiB in 1 MiB pieces
+/// on the bench machine: 18.5 ms, against 74 ms for `crc64fast` (128-bit carry-less folding)
+/// and ~700 ms for the `crc` crate's slice-by-16 tables. A verified SMH stream hashes every
+/// byte it reads, on the same two cores as the reader and the server.
+pub struct Crc64(crc_fast::Digest);
+
+impl Crc64 {
+    pub fn new() -> Crc64 {
+        Crc64(crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Xz))
+    }
+
+    pub fn write(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    pub fn sum64(&self) -> u64 {
+        self.0.finalize()
+    }
+}
+
+impl Default for Crc64 {
+    fn default() -> Crc64 {
+        Crc64::new()
+    }
+}
 
 /// CRC-64/XZ of `data`, as SMH publishes it in `crc64` (render with `to_string()`).
 pub fn crc64(data: &[u8]) -> u64 {
