@@ -88,7 +88,7 @@ fn main() {
     let t = Instant::now();
     let mut x = 0;
     for _ in 0..mib {
-        x ^= crc32c::crc32c(&payload);
+        x ^= fetchfs::cache::disk::format::crc32c(&payload);
     }
     std::hint::black_box(x);
     println!(

@@ -11,6 +11,8 @@ use fetchfs::cache::BlockKey;
 use fetchfs::cache::disk::{DiskCache, DiskError, format};
 use proptest::prelude::*;
 
+mod common;
+
 const BS: u64 = 4096;
 
 fn key(i: u64) -> BlockKey {
@@ -604,4 +606,59 @@ fn a_daemon_killed_mid_put_never_leaves_wrong_bytes() {
         }
         assert!(hits > 0, "blocks written before the kill survive");
     }
+}
+
+/// A ramfs mounted for one test, unmounted when dropped (also when the test panics).
+struct RamFs(PathBuf);
+
+impl RamFs {
+    fn mount(at: &Path) -> RamFs {
+        fs::create_dir_all(at).unwrap();
+        let (ok, _, err) = common::sh(
+            &format!("mount -t ramfs ramfs '{}'", at.display()),
+            Duration::from_secs(10),
+        );
+        assert!(ok, "mount -t ramfs: {err}");
+        RamFs(at.to_path_buf())
+    }
+}
+
+impl Drop for RamFs {
+    fn drop(&mut self) {
+        let _ = common::sh(&format!("umount '{}'", self.0.display()), Duration::from_secs(10));
+    }
+}
+
+/// Blocks are written with O_DIRECT; a filesystem that refuses it (ramfs) still gets every
+/// block, written through its page cache, and they read back exactly after a restart.
+#[test]
+fn a_filesystem_that_refuses_o_direct_still_stores_every_block() {
+    if !common::can_mount() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let ram = RamFs::mount(&t.path().join("ram"));
+    // Without the refusal this test would prove nothing.
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(ram.0.join("probe"));
+    assert_eq!(probe.map(|_| ()).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    let dir = ram.0.join("cache");
+    let c = DiskCache::open(&dir, 1 << 20, BS).unwrap();
+    for i in 0..4 {
+        c.put(&key(i), &payload(i, 4096));
+    }
+    c.put(&key(4), &payload(4, 17));
+    drop(c);
+    let c = DiskCache::open(&dir, 1 << 20, BS).unwrap();
+    for i in 0..4 {
+        assert_eq!(c.get(&key(i)).unwrap(), payload(i, 4096), "block {i}");
+    }
+    assert_eq!(c.get(&key(4)).unwrap(), payload(4, 17));
+    assert_eq!(c.stats().bytes, 4 * file_len(4096) + file_len(17));
+    drop(c);
+    drop(ram);
 }

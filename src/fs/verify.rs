@@ -38,7 +38,7 @@ impl Verifier {
         let state = match want {
             Checksum::Sha1(_) => State::Sha1(sha1::Sha1::new()),
             Checksum::Md5(_) => State::Md5(md5::Md5::new()),
-            Checksum::Crc64Xz(_) => State::Crc64(Box::new(Crc64::new())),
+            Checksum::Crc64Xz(_) => State::Crc64(Box::default()),
         };
         Verifier {
             want,
@@ -65,7 +65,7 @@ impl Verifier {
         if self.pos < self.size {
             return Verdict::Pending;
         }
-        let state = std::mem::replace(&mut self.state, State::Crc64(Box::new(Crc64::new())));
+        let state = std::mem::replace(&mut self.state, State::Crc64(Box::default()));
         let actual = match state {
             State::Sha1(h) => Checksum::Sha1(h.finalize().into()),
             State::Md5(h) => Checksum::Md5(h.finalize().into()),

@@ -36,7 +36,7 @@ use crate::cache::BlockKey;
 /// CRC-32C (Castagnoli) of `data`, by `crc-fast` (the crate that also computes SMH's CRC-64):
 /// ~50 GB/s on the bench machine with VPCLMULQDQ, against ~25 for the `crc32c` crate's SSE4.2
 /// instruction. Every put and every hit checksums a whole block.
-fn crc32c(data: &[u8]) -> u32 {
+pub fn crc32c(data: &[u8]) -> u32 {
     crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
 }
 
