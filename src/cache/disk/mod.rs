@@ -54,7 +54,7 @@
 //!   alternated 3 times: par8 109–219 → 534–621 MB/s, skip 137–208 → 600–707 MB/s, warm reads
 //!   after a remount 1,337–1,430 against 817–1,567 MB/s (both from the device, caches dropped).
 //!
-//! A filesystem that refuses `O_DIRECT` (`EINVAL`: tmpfs before Linux 6.6, some FUSE
+//! A filesystem that refuses `O_DIRECT` (`EINVAL`: ramfs, older tmpfs, some FUSE
 //! filesystems) is written through its page cache from then on, with one log line. Hits are
 //! still read through the page cache, so a block read twice is served from RAM the second time.
 //!
@@ -581,8 +581,8 @@ fn read_exact_into(file: &File, buf: &mut Vec<u8>, len: usize) -> io::Result<()>
 const DIRECT_ALIGN: usize = 4096;
 
 /// How block files are written ("Writing" in the module docs): from one reused, aligned buffer
-/// with `O_DIRECT`, or buffered where the filesystem refuses `O_DIRECT` (tmpfs before Linux 6.6,
-/// some FUSE filesystems).
+/// with `O_DIRECT`, or buffered where the filesystem refuses `O_DIRECT` (ramfs, older tmpfs, some
+/// FUSE filesystems).
 #[derive(Default)]
 struct Staging {
     /// Over-allocated by [`DIRECT_ALIGN`]; the aligned window starts at `align_offset`.
