@@ -18,6 +18,8 @@ pub struct Metrics {
     pub spliced_bytes: AtomicU64,
     /// Body bytes a verified stream read into the daemon and hashed in file order.
     pub stream_verified_bytes: AtomicU64,
+    /// Body bytes a stream read into the daemon and handed, as whole blocks, to the disk tier.
+    pub stream_kept_bytes: AtomicU64,
     pub http_retries: AtomicU64,
     pub http_errors: AtomicU64,
     pub cache_hits: AtomicU64,

@@ -72,3 +72,103 @@ fn after_a_remount_cached_files_are_read_with_no_data_request() {
     assert!(ok, "{err}");
     assert!(out.contains("blocks      0"), "{out}");
 }
+
+/// The blocks in a cache directory, from `fetchfs cache stats`.
+fn blocks_in(dir: &str) -> u64 {
+    let (ok, stats, err) = sh(&format!("{BIN} cache stats --dir {dir}"), Duration::from_secs(10));
+    assert!(ok, "{err}");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("blocks"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no block count in: {stats}"))
+}
+
+/// With a disk tier, a sequential reader's stream keeps what it reads (`src/splice.rs`, "Kept
+/// streams"): every block of the file reaches the disk, and a stream never fetches a block
+/// the disk already has, it stops there and the reader goes on from the disk.
+#[test]
+fn a_stream_keeps_every_block_it_reads_and_stops_at_blocks_the_disk_has() {
+    if !can_mount() {
+        return;
+    }
+    const MIB: u64 = 1 << 20;
+    let rt = runtime();
+    let data = tempfile::tempdir().unwrap();
+    let file = pseudo_random(24 << 20, 77);
+    std::fs::write(data.path().join("f.bin"), &file).unwrap();
+    let (server, url) = serve_http(&rt, data.path());
+    let cache = tempfile::tempdir().unwrap();
+    let cdir = cache.path().join("c").display().to_string();
+    let mount = || {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let m = MountGuard::start_env(
+            &[
+                &url,
+                "--cache-dir",
+                &cdir,
+                "--disk-cache",
+                "256MiB",
+                "--metrics-addr",
+                &addr,
+            ],
+            &[("FETCHFS_LOG", "fetchfs=trace")],
+        );
+        (m, port)
+    };
+    // First, a reader of the middle of the file only: 12 to 18 MiB.
+    {
+        let (m, _) = mount();
+        let (ok, sum, err) = sh(
+            &format!(
+                "dd if={} bs=1M skip=12 count=6 status=none | md5sum",
+                m.path("f.bin").display()
+            ),
+            Duration::from_secs(60),
+        );
+        assert!(ok, "{err}");
+        assert!(sum.starts_with(&md5_hex(&file[12 << 20..18 << 20])), "{sum}");
+    }
+    let middle = blocks_in(&cdir);
+    assert!(
+        (3..24).contains(&middle),
+        "{middle} blocks after reading 6 MiB of the middle"
+    );
+    // Then the whole file: what the disk has is not fetched again, and all the rest is kept.
+    {
+        let (m, port) = mount();
+        let (ok, sum, err) = sh(
+            &format!("md5sum < {}", m.path("f.bin").display()),
+            Duration::from_secs(60),
+        );
+        assert!(ok, "{err}");
+        assert!(sum.starts_with(&md5_hex(&file)), "{sum}");
+        let text = scrape_metrics(port);
+        std::fs::write("/tmp/kept-test.log", m.log_text()).unwrap();
+        let kept = metric(&text, "fetchfs_read_stream_kept_bytes_total").unwrap();
+        assert!(kept >= (4 * MIB) as f64, "only {kept} bytes were kept by a stream");
+        assert_eq!(metric(&text, "fetchfs_read_spliced_bytes_total"), Some(0.0));
+        let fetched = metric(&text, "fetchfs_http_bytes_total").unwrap() as u64;
+        let missing = (24 - middle) * MIB;
+        assert!(
+            fetched <= missing + 2 * MIB,
+            "fetched {fetched} bytes where the disk lacked {missing}\n{}",
+            m.log_text()
+        );
+    }
+    assert_eq!(blocks_in(&cdir), 24, "every block of the file is on disk");
+    // And a third read makes no data request at all.
+    server.harness.stats.reset();
+    {
+        let (m, _) = mount();
+        let (ok, sum, err) = sh(
+            &format!("md5sum < {}", m.path("f.bin").display()),
+            Duration::from_secs(60),
+        );
+        assert!(ok, "{err}");
+        assert!(sum.starts_with(&md5_hex(&file)), "{sum}");
+        let gets = server.harness.stats.count(|k| k.starts_with("GET /f.bin"));
+        assert_eq!(gets, 0, "data requests: {:?}", server.harness.stats.snapshot());
+    }
+}

@@ -254,3 +254,87 @@ fn a_large_file_is_verified_on_its_stream_and_a_wrong_crc64_or_a_flipped_byte_fa
     assert!(ok, "{err}\n{}", m.log_text());
     assert!(sum.starts_with(&md5_hex(&data)), "{sum}");
 }
+
+/// The blocks in a cache directory, from `fetchfs cache stats`.
+fn blocks_in(dir: &str) -> u64 {
+    let (ok, stats, err) = sh(&format!("{BIN} cache stats --dir {dir}"), Duration::from_secs(10));
+    assert!(ok, "{err}");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("blocks"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no block count in: {stats}"))
+}
+
+/// With a disk tier, a checksummed file's stream both verifies and keeps what it reads: the
+/// good file's every block reaches the disk and a remount reads it with no download, and a
+/// byte flipped in the stream fails the read and leaves no block of that version on disk.
+#[test]
+fn a_kept_stream_stores_verified_blocks_and_a_flipped_byte_leaves_none() {
+    if !can_mount() {
+        return;
+    }
+    let fx = fixture();
+    let data = pseudo_random(24 << 20, 29);
+    for name in ["good.bin", "flip.bin"] {
+        write(fx.data.path(), name, &data);
+    }
+    let cfg = fx.config(false);
+    let cache = tempfile::tempdir().unwrap();
+    let cdir = cache.path().join("c").display().to_string();
+    let tier = ["--cache-dir", cdir.as_str(), "--disk-cache", "256MiB"];
+    {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let m = MountGuard::start(&[&["--config", &cfg, "--metrics-addr", &addr][..], &tier[..]].concat());
+        let md5sum = |name: &str| {
+            sh(
+                &format!("md5sum < {}", m.path(&format!("smh/{name}")).display()),
+                Duration::from_secs(60),
+            )
+        };
+        let (ok, sum, err) = md5sum("good.bin");
+        assert!(ok, "{err}");
+        assert!(sum.starts_with(&md5_hex(&data)), "{sum}");
+        let text = scrape_metrics(port);
+        for name in ["verified", "kept"] {
+            let n = metric(&text, &format!("fetchfs_read_stream_{name}_bytes_total")).unwrap();
+            assert!(n >= (8 << 20) as f64, "only {n} bytes {name} by the stream");
+        }
+        // A byte flipped 12 MiB into a response: only the stream's GET (the rest of the file,
+        // ~20 MiB) is that long, so only the stream's hashing can see it.
+        fx.server.harness.faults.set(FaultSpec {
+            flip_at: Some(12 << 20),
+            path_contains: "/cos/".into(),
+            ..FaultSpec::default()
+        });
+        let (ok, _, err) = md5sum("flip.bin");
+        assert!(!ok, "a byte flipped in the stream went unnoticed\n{}", m.log_text());
+        assert!(err.contains("Input/output error"), "{err}");
+        fx.server.harness.faults.clear();
+    }
+    assert_eq!(
+        blocks_in(&cdir),
+        24,
+        "the good file's 24 blocks, none of the flipped one"
+    );
+    fx.server.harness.stats.reset();
+    let m = MountGuard::start(&[&["--config", &cfg][..], &tier[..]].concat());
+    for name in ["good.bin", "flip.bin"] {
+        let (ok, sum, err) = sh(
+            &format!("md5sum < {}", m.path(&format!("smh/{name}")).display()),
+            Duration::from_secs(60),
+        );
+        assert!(ok, "{name}: {err}\n{}", m.log_text());
+        assert!(sum.starts_with(&md5_hex(&data)), "{name}: {sum}");
+        if name == "good.bin" {
+            let gets = fx.server.harness.stats.count(|k| k.starts_with("GET /cos/"));
+            assert_eq!(
+                gets,
+                0,
+                "downloads of a cached file: {:?}",
+                fx.server.harness.stats.snapshot()
+            );
+        }
+    }
+}

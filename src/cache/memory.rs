@@ -2,9 +2,11 @@
 //!
 //! ## Invariants
 //! * `cached + reserved <= budget`, where `cached` counts the bytes of blocks held by the LRU and
-//!   `reserved` the bytes promised to fetches in flight. A fetch reserves *before* it sends its
-//!   request; demand fetches evict LRU blocks to make room, prefetches only use what is left
-//!   after the in-flight share for prefetch (`budget / 2`) and shrink instead of failing.
+//!   `reserved` the bytes promised to fetches in flight and held by streams ([`Hold`]). A fetch
+//!   reserves *before* it sends its request; demand fetches evict LRU blocks to make room,
+//!   prefetches only use what is left after the in-flight share for prefetch (`budget / 2`) and
+//!   shrink instead of failing; a stream that cannot have its hold (at most `budget / 2` for all
+//!   of them) is not opened, and its reader takes the ordinary path.
 //! * A block index is either cached, in flight (one [`watch`] channel every waiter subscribes
 //!   to), or absent — never fetched twice at once.
 //! * A block's bytes always belong to one file version: the key includes the version's validator.
@@ -93,6 +95,8 @@ struct Inner {
     cached: u64,
     reserved: u64,
     prefetch_reserved: u64,
+    /// The part of `reserved` held by streams.
+    held: u64,
     inflight: HashMap<BlockId, Slot>,
 }
 
@@ -112,13 +116,31 @@ pub enum Priority {
     Prefetch,
 }
 
+/// Memory a stream holds outside the blocks, counted in the budget while this lives
+/// ([`BlockCache::hold`]).
+pub struct Hold {
+    cache: Arc<BlockCache>,
+    bytes: u64,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut g = self.cache.inner.lock().unwrap();
+        g.held -= self.bytes;
+        g.reserved -= self.bytes;
+    }
+}
+
+/// Longest [`BlockCache::drop_file`] waits for the disk tier's queue before removing a version.
+const DROP_FLUSH: Duration = Duration::from_secs(5);
+
 /// The RAM tier (and, behind it, the optional disk tier).
 pub struct BlockCache {
     inner: Mutex<Inner>,
     /// Persistent tier: consulted before the network inside a fetch run, written behind.
     disk: Option<Arc<crate::cache::disk::DiskCache>>,
     /// The disk tier's write-behind thread (with `disk`).
-    writer: Option<crate::cache::disk::DiskWriter>,
+    writer: Option<Arc<crate::cache::disk::DiskWriter>>,
     /// Recycled block buffers.
     pool: Arc<BufPool>,
     block_size: u64,
@@ -139,8 +161,14 @@ pub struct MemStats {
 
 /// Freed block buffers kept for reuse. A fresh 1 MiB buffer costs 256 page faults and a
 /// zeroing by the kernel (about 10 % of the daemon's CPU at full speed, measured with `perf`);
-/// a recycled one costs nothing. 32 buffers of 1 MiB stay well inside the RSS allowance.
-const POOLED_BUFFERS: usize = 32;
+/// a recycled one costs nothing.
+///
+/// What lives beside the budget, within the 64 MiB the README allows (1 MiB blocks): these 16
+/// free buffers, the streams' 8 (`crate::splice`), the disk tier's 8 read buffers, its write
+/// queue (`QUEUE_BLOCKS`, whose blocks may outlive their eviction) and its 1 MiB write buffer,
+/// and the process itself (~12 MB). With 32 here and 32 for streams, 32 readers with a disk
+/// tier peaked at the budget + 86 MB.
+const POOLED_BUFFERS: usize = 16;
 
 /// A free list of block buffers; blocks handed out as `Bytes` come back here when dropped.
 /// The disk tier keeps one for the buffers its hits are read into.
@@ -225,7 +253,10 @@ impl BlockCache {
         disk: Option<Arc<crate::cache::disk::DiskCache>>,
     ) -> Arc<BlockCache> {
         Arc::new(BlockCache {
-            writer: disk.clone().and_then(crate::cache::disk::DiskWriter::spawn),
+            writer: disk
+                .clone()
+                .and_then(crate::cache::disk::DiskWriter::spawn)
+                .map(Arc::new),
             disk,
             pool: BufPool::new(POOLED_BUFFERS),
             inner: Mutex::new(Inner {
@@ -233,6 +264,7 @@ impl BlockCache {
                 cached: 0,
                 reserved: 0,
                 prefetch_reserved: 0,
+                held: 0,
                 inflight: HashMap::new(),
             }),
             block_size,
@@ -320,12 +352,60 @@ impl BlockCache {
         self.disk.as_ref()
     }
 
+    /// Counts `bytes` a stream holds outside the blocks (its buffers, `crate::splice`) in the
+    /// budget, evicting blocks to make room, until the [`Hold`] is dropped. `None` when all
+    /// streams together would hold more than half the budget.
+    pub fn hold(self: &Arc<Self>, bytes: u64) -> Option<Hold> {
+        let mut g = self.inner.lock().unwrap();
+        if g.held + bytes > self.budget / 2 || !self.make_room(&mut g, bytes) {
+            return None;
+        }
+        g.held += bytes;
+        g.reserved += bytes;
+        Some(Hold {
+            cache: self.clone(),
+            bytes,
+        })
+    }
+
+    /// Whether block `index` of `file` is in the disk tier.
+    pub fn on_disk(&self, file: &FileCtx, index: u64) -> bool {
+        self.disk
+            .as_ref()
+            .is_some_and(|d| d.contains(&crate::cache::BlockKey::of(&file.key, index)))
+    }
+
+    /// The first block of `file` from block `from` on that is in the disk tier (`None`: none
+    /// is, or there is no disk tier): where a stream starting at `from` should stop.
+    pub fn next_on_disk(&self, file: &FileCtx, from: u64) -> Option<u64> {
+        let k = &file.key;
+        let d = self.disk.as_ref()?;
+        d.first_stored(&k.source, &k.remote, &k.validator, from..file.blocks(self.block_size))
+    }
+
+    /// Stores block `index` of `file`, which came in `parts` from somewhere other than a fetch
+    /// run (a stream's replies, `crate::splice`), in the disk tier; waits for room in the
+    /// writer's queue like a fetch run does. `false`: not queued (no disk tier, or a busy one).
+    pub async fn keep(&self, file: &FileCtx, index: u64, parts: Vec<Bytes>) -> bool {
+        let Some(w) = &self.writer else { return false };
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        debug_assert_eq!(len as u64, self.block_len(file, index));
+        w.slot().await.send(crate::cache::BlockKey::of(&file.key, index), parts)
+    }
+
     /// Drops every cached block of `key` (a failed checksum or a changed version), in RAM and
     /// on disk.
     pub fn drop_file(&self, key: &FileKey) {
         if let Some(disk) = self.disk.clone() {
-            let k = key.clone();
-            tokio::task::spawn_blocking(move || disk.remove_version(&k.source, &k.remote, &k.validator));
+            let (k, writer) = (key.clone(), self.writer.clone());
+            tokio::task::spawn_blocking(move || {
+                // Blocks of this version still queued would be stored after the removal (a
+                // stream queues the last blocks of a file before its checksum's verdict).
+                if let Some(w) = writer {
+                    w.flush(DROP_FLUSH);
+                }
+                disk.remove_version(&k.source, &k.remote, &k.validator)
+            });
         }
         let mut g = self.inner.lock().unwrap();
         let doomed: Vec<BlockId> = g
@@ -541,14 +621,11 @@ impl BlockCache {
         file: Arc<FileCtx>,
         first: u64,
         end: u64,
-        mut senders: Vec<watch::Sender<Option<Result<Bytes>>>>,
+        senders: Vec<SlotTx>,
         prefetch_bytes: u64,
     ) {
-        let start = first * self.block_size;
-        let stop = (end * self.block_size).min(file.size);
+        let mut senders: Vec<Option<SlotTx>> = senders.into_iter().map(Some).collect();
         let deadline = Instant::now() + self.io_timeout;
-        let mut pos = start; // first byte not yet received
-        let mut cur = self.pool.take(self.block_len(&file, first) as usize);
         let mut next_block = first;
         let mut resumes = 0u32;
         let mut failure: Option<SourceError> = None;
@@ -558,118 +635,143 @@ impl BlockCache {
         // development VM, `cat` of a 1 GiB cache directory took 1.42 s one file at a time and
         // 0.89 s eight at a time; the re-read through the mount runs at 0.5-1.05 GB/s either
         // way, bounded by that device, so the gain there is within the noise).
-        if let Some(disk) = self.disk.clone() {
-            let lookups: Vec<_> = (next_block..end)
+        let disk = self.disk.clone();
+        let mut lookups: Vec<_> = match &disk {
+            Some(d) => (first..end)
                 .map(|i| {
                     let key = crate::cache::BlockKey::of(&file.key, i);
-                    let d = disk.clone();
-                    tokio::task::spawn_blocking(move || d.get(&key))
+                    let d = d.clone();
+                    Some(tokio::task::spawn_blocking(move || d.get(&key)))
                 })
-                .collect();
-            for lookup in lookups {
-                let got = lookup.await.ok().flatten();
-                match got {
+                .collect(),
+            None => Vec::new(),
+        };
+        // The run alternates between blocks the disk has and one request for the blocks up to
+        // the next one it has: a run that began with a missing block used to fetch all the
+        // rest, blocks on disk included (5 of 24 MiB again, reading a file whose middle was
+        // cached).
+        'run: loop {
+            while let Some(lookup) = lookups.get_mut((next_block - first) as usize).and_then(Option::take) {
+                match lookup.await.ok().flatten() {
                     Some(b) if b.len() as u64 == self.block_len(&file, next_block) => {
                         self.complete(
                             &file,
                             next_block,
                             b,
-                            &senders[(next_block - first) as usize],
+                            senders[(next_block - first) as usize].take(),
                             prefetch_bytes > 0,
                         );
                         next_block += 1;
-                        pos = (next_block * self.block_size).min(stop);
                     }
                     _ => break,
                 }
             }
-            if next_block < end {
-                cur.reserve_exact(self.block_len(&file, next_block) as usize);
+            if next_block >= end {
+                break 'run;
             }
-        }
-        'outer: while pos < stop {
-            let stream = tokio::time::timeout(
-                deadline.saturating_duration_since(Instant::now()),
-                file.reader.read_stream(pos..stop),
-            )
-            .await;
-            let mut stream = match stream {
-                Err(_) => {
-                    failure = Some(SourceError::Timeout(
-                        self.io_timeout,
-                        format!("fetching {}", file.key.remote),
-                    ));
-                    break;
-                }
-                Ok(Err(e)) => {
-                    failure = Some(e);
-                    break;
-                }
-                Ok(Ok(s)) => s,
-            };
-            loop {
-                // The whole run is bounded by the I/O deadline, however slowly bytes trickle.
-                let next =
-                    tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), stream.next()).await;
-                let item = match next {
-                    Err(_) => Err(SourceError::Timeout(
-                        self.io_timeout,
-                        format!("fetching {}", file.key.remote),
-                    )),
-                    Ok(None) => break,
-                    Ok(Some(item)) => item,
+            let seg_end = disk
+                .as_ref()
+                .and_then(|d| {
+                    let k = &file.key;
+                    d.first_stored(&k.source, &k.remote, &k.validator, next_block + 1..end)
+                })
+                .unwrap_or(end);
+            let stop = (seg_end * self.block_size).min(file.size);
+            let mut pos = next_block * self.block_size; // first byte not yet received
+            let mut cur = self.pool.take(self.block_len(&file, next_block) as usize);
+            'outer: while pos < stop {
+                let stream = tokio::time::timeout(
+                    deadline.saturating_duration_since(Instant::now()),
+                    file.reader.read_stream(pos..stop),
+                )
+                .await;
+                let mut stream = match stream {
+                    Err(_) => {
+                        failure = Some(SourceError::Timeout(
+                            self.io_timeout,
+                            format!("fetching {}", file.key.remote),
+                        ));
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        failure = Some(e);
+                        break;
+                    }
+                    Ok(Ok(s)) => s,
                 };
-                match item {
-                    Ok(mut chunk) => {
-                        while !chunk.is_empty() {
-                            let blen = self.block_len(&file, next_block) as usize;
-                            let take = (blen - cur.len()).min(chunk.len());
-                            cur.extend_from_slice(&chunk[..take]);
-                            chunk = chunk.split_off(take);
-                            pos += take as u64;
-                            if cur.len() == blen {
-                                let done = self.pool.freeze(std::mem::take(&mut cur));
-                                self.complete(
-                                    &file,
-                                    next_block,
-                                    done.clone(),
-                                    &senders[(next_block - first) as usize],
-                                    prefetch_bytes > 0,
-                                );
-                                // After the readers have it: a busy disk may slow this run a little.
-                                if let Some(w) = &self.writer {
-                                    w.submit(crate::cache::BlockKey::of(&file.key, next_block), done).await;
-                                }
-                                next_block += 1;
-                                if next_block < end {
-                                    cur = self.pool.take(self.block_len(&file, next_block) as usize);
+                loop {
+                    // The whole run is bounded by the I/O deadline, however slowly bytes trickle.
+                    let next =
+                        tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), stream.next()).await;
+                    let item = match next {
+                        Err(_) => Err(SourceError::Timeout(
+                            self.io_timeout,
+                            format!("fetching {}", file.key.remote),
+                        )),
+                        Ok(None) => break,
+                        Ok(Some(item)) => item,
+                    };
+                    match item {
+                        Ok(mut chunk) => {
+                            while !chunk.is_empty() {
+                                let blen = self.block_len(&file, next_block) as usize;
+                                let take = (blen - cur.len()).min(chunk.len());
+                                cur.extend_from_slice(&chunk[..take]);
+                                chunk = chunk.split_off(take);
+                                pos += take as u64;
+                                if cur.len() == blen {
+                                    let done = self.pool.freeze(std::mem::take(&mut cur));
+                                    // Room for it in the disk's queue first (`DiskWriter::slot`): a
+                                    // disk behind the network holds this run with its block still
+                                    // counted in the budget.
+                                    let slot = match &self.writer {
+                                        Some(w) => Some(w.slot().await),
+                                        None => None,
+                                    };
+                                    self.complete(
+                                        &file,
+                                        next_block,
+                                        done.clone(),
+                                        senders[(next_block - first) as usize].take(),
+                                        prefetch_bytes > 0,
+                                    );
+                                    if let Some(slot) = slot {
+                                        slot.send(crate::cache::BlockKey::of(&file.key, next_block), vec![done]);
+                                    }
+                                    next_block += 1;
+                                    if next_block < seg_end {
+                                        cur = self.pool.take(self.block_len(&file, next_block) as usize);
+                                    }
                                 }
                             }
                         }
-                    }
-                    Err(e) => {
-                        resumes += 1;
-                        if !e.is_transient() || resumes > MAX_RESUMES || Instant::now() >= deadline {
-                            failure = Some(e);
-                            break 'outer;
+                        Err(e) => {
+                            resumes += 1;
+                            if !e.is_transient() || resumes > MAX_RESUMES || Instant::now() >= deadline {
+                                failure = Some(e);
+                                break 'outer;
+                            }
+                            tracing::debug!(remote = %file.key.remote, at = pos, error = %e, "body cut, resuming");
+                            Metrics::add(&global().http_retries, 1);
+                            // Restart from the start of the partial block (keeps blocks contiguous).
+                            pos -= cur.len() as u64;
+                            cur.clear();
+                            continue 'outer;
                         }
-                        tracing::debug!(remote = %file.key.remote, at = pos, error = %e, "body cut, resuming");
-                        Metrics::add(&global().http_retries, 1);
-                        // Restart from the start of the partial block (keeps blocks contiguous).
-                        pos -= cur.len() as u64;
-                        cur.clear();
-                        continue 'outer;
                     }
+                }
+                if pos < stop {
+                    resumes += 1;
+                    if resumes > MAX_RESUMES || Instant::now() >= deadline {
+                        failure = Some(SourceError::Protocol(format!("{}: body ended early", file.key.remote)));
+                        break;
+                    }
+                    pos -= cur.len() as u64;
+                    cur.clear();
                 }
             }
-            if pos < stop {
-                resumes += 1;
-                if resumes > MAX_RESUMES || Instant::now() >= deadline {
-                    failure = Some(SourceError::Protocol(format!("{}: body ended early", file.key.remote)));
-                    break;
-                }
-                pos -= cur.len() as u64;
-                cur.clear();
+            if failure.is_some() || next_block < seg_end {
+                break 'run;
             }
         }
         // Fail every block this run still owes.
@@ -682,7 +784,9 @@ impl BlockCache {
                 file: file.key.clone(),
                 index: i,
             });
-            let _ = senders[(i - first) as usize].send(Some(Err(err.clone())));
+            if let Some(tx) = senders[(i - first) as usize].take() {
+                let _ = tx.send(Some(Err(err.clone())));
+            }
         }
         if prefetch_bytes > 0 {
             // Whatever part of the prefetch reservation was not released block by block.
@@ -693,17 +797,9 @@ impl BlockCache {
         if next_block < end {
             Metrics::add(&global().http_errors, 1);
         }
-        senders.clear();
     }
 
-    fn complete(
-        &self,
-        file: &FileCtx,
-        index: u64,
-        data: Bytes,
-        tx: &watch::Sender<Option<Result<Bytes>>>,
-        prefetch: bool,
-    ) {
+    fn complete(&self, file: &FileCtx, index: u64, data: Bytes, tx: Option<SlotTx>, prefetch: bool) {
         let len = data.len() as u64;
         let mut g = self.inner.lock().unwrap();
         let id = BlockId {
@@ -721,7 +817,12 @@ impl BlockCache {
             g.cached -= old.len() as u64;
         }
         drop(g);
-        let _ = tx.send(Some(Ok(data)));
+        // The sender goes with this call: the block then lives only as long as the LRU and
+        // the readers that wait for it hold it. Kept until the end of the run, every block
+        // of a run stayed in memory after its eviction (the budget no longer counts it).
+        if let Some(tx) = tx {
+            let _ = tx.send(Some(Ok(data)));
+        }
     }
 }
 

@@ -40,7 +40,7 @@ use crate::cache::prefetch::Prefetcher;
 use crate::error::SourceError;
 use crate::metrics::{Metrics, global};
 use crate::source::{Entry, EntryKind, OpenRequest, Source};
-use crate::splice::{Check, FuseDev, STREAM_AFTER, Served, Streamer};
+use crate::splice::{Check, FuseDev, Keep, LANE_HOLD, STREAM_AFTER, Served, Streamer};
 use inode::{InodeTable, Listing, Node, ROOT};
 use verify::{Verdict, Verifier};
 
@@ -636,14 +636,23 @@ impl FsCore {
             .map(|c| Verifier::new(c, fresh.size));
         let has_verifier = verifier.is_some();
         let verifier: Check = Arc::new(tokio::sync::Mutex::new(verifier));
-        // Not with a disk tier, whose point is to keep the bytes (see crate::splice, "When").
+        // With a disk tier, a stream keeps what it reads (see crate::splice, "Kept streams").
         let stream = match self.fuse_dev.get() {
-            Some(dev) if self.cfg.splice && self.cache.disk().is_none() && fresh.size > STREAM_AFTER => {
-                ctx.reader.raw_http().await.map(|t| {
-                    let check = has_verifier.then(|| verifier.clone());
-                    Arc::new(Streamer::new(t, dev.clone(), self.cfg.io_timeout, check))
-                })
-            }
+            Some(dev) if self.cfg.splice && fresh.size > STREAM_AFTER => ctx.reader.raw_http().await.map(|t| {
+                let check = has_verifier.then(|| verifier.clone());
+                let keep = self.cache.disk().is_some().then(|| Keep {
+                    cache: self.cache.clone(),
+                    file: ctx.clone(),
+                });
+                Arc::new(Streamer::new(
+                    t,
+                    dev.clone(),
+                    self.cfg.io_timeout,
+                    fresh.size,
+                    check,
+                    keep,
+                ))
+            }),
             _ => None,
         };
         let handle = Arc::new(Handle {
@@ -725,6 +734,7 @@ impl FsCore {
                 match s.serve(unique, range.clone()).await {
                     Served::Spliced | Served::Gone => return Ok(ReadOut::Spliced),
                     Served::Data(d) => return Ok(ReadOut::Data(d)),
+                    Served::Head(head) => return self.read_past_stream(&h, range, head).await,
                     Served::Mismatch { expected, actual } => return Err(self.checksum_failed(&h, expected, actual)),
                     Served::NotMine => {}
                 }
@@ -737,8 +747,21 @@ impl FsCore {
                 while at < file_size && self.cache.present(&h.ctx, at / bs) {
                     at += bs;
                 }
-                if at.saturating_add(STREAM_AFTER) < file_size {
-                    s.start(at..file_size, self.hashed_to(&h, at));
+                // With a disk tier, blocks it has are read from it: a stream starts at a block
+                // it lacks and stops at the next one it has.
+                if at < file_size && !self.cache.on_disk(&h.ctx, at / bs) {
+                    let end = self
+                        .cache
+                        .next_on_disk(&h.ctx, at / bs + 1)
+                        .map_or(file_size, |b| b * bs);
+                    if at.saturating_add(STREAM_AFTER) < end {
+                        // A stream that reads into memory holds part of the budget; without
+                        // it, this reader goes on the ordinary way (and asks again later).
+                        match s.needs_hold().then(|| self.cache.hold(LANE_HOLD)) {
+                            Some(None) => tracing::trace!(fh, "no memory for a stream now"),
+                            hold => s.start(at..end, self.hashed_to(&h, at), hold.flatten()),
+                        }
+                    }
                 }
             }
         }
@@ -801,6 +824,18 @@ impl FsCore {
             self.verify(&h, range.start, &data).await?;
         }
         Ok(ReadOut::Data(data))
+    }
+
+    /// A READ of `range` across the end of a stream that stopped short of the file's end (at a
+    /// block the disk tier has), which gave its `head`: the rest comes from the cache.
+    async fn read_past_stream(&self, h: &Arc<Handle>, range: Range<u64>, head: Bytes) -> FsResult<ReadOut> {
+        let rest = range.start + head.len() as u64..range.end;
+        let tail = self.gather(&h.ctx, rest.clone()).await?;
+        self.verify(h, rest.start, &tail).await?;
+        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+        out.extend_from_slice(&head);
+        out.extend_from_slice(&tail);
+        Ok(ReadOut::Data(out.freeze()))
     }
 
     /// Releases the blocks a sequential reader at `at`, `run` bytes into its run, has left

@@ -83,6 +83,12 @@ pub fn render(core: Option<&FsCore>) -> String {
         Metrics::get(&g.stream_verified_bytes),
     );
     o.one(
+        "fetchfs_read_stream_kept_bytes_total",
+        "counter",
+        "HTTP body bytes read by a stream and handed, as whole blocks, to the disk cache's writer (part of fetchfs_http_bytes_total).",
+        Metrics::get(&g.stream_kept_bytes),
+    );
+    o.one(
         "fetchfs_http_retries_total",
         "counter",
         "Requests retried and bodies resumed after a transient failure (all sources).",

@@ -40,6 +40,20 @@ pub fn crc32c(data: &[u8]) -> u32 {
     crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
 }
 
+/// CRC-32C of the concatenation of `parts`.
+fn crc32c_parts(parts: &[&[u8]]) -> u32 {
+    match parts {
+        [one] => crc32c(one),
+        _ => {
+            let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+            for p in parts {
+                d.update(p);
+            }
+            d.finalize() as u32
+        }
+    }
+}
+
 /// First bytes of every block file.
 pub const MAGIC: [u8; 8] = *b"FETCHFSB";
 /// Version of the layout above.
@@ -82,6 +96,12 @@ pub fn header_len(key: &BlockKey) -> usize {
 
 /// The header for `payload` stored under `key` by a cache cutting files into `block_size` blocks.
 pub fn encode_header(key: &BlockKey, block_size: u64, payload: &[u8]) -> Result<Vec<u8>, FormatError> {
+    encode_header_parts(key, block_size, &[payload])
+}
+
+/// [`encode_header`] for a payload given in pieces (a block assembled from a stream's replies):
+/// the header is the same as for the pieces joined.
+pub fn encode_header_parts(key: &BlockKey, block_size: u64, payload: &[&[u8]]) -> Result<Vec<u8>, FormatError> {
     let fields = [key.source.as_bytes(), key.remote.as_bytes(), key.validator.as_bytes()];
     if fields.iter().any(|f| f.len() > MAX_FIELD_LEN) {
         return Err(FormatError::FieldTooLong);
@@ -93,8 +113,9 @@ pub fn encode_header(key: &BlockKey, block_size: u64, payload: &[u8]) -> Result<
     h.extend_from_slice(&(len as u32).to_le_bytes());
     h.extend_from_slice(&block_size.to_le_bytes());
     h.extend_from_slice(&key.index.to_le_bytes());
-    h.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    h.extend_from_slice(&crc32c(payload).to_le_bytes());
+    let payload_len: usize = payload.iter().map(|p| p.len()).sum();
+    h.extend_from_slice(&(payload_len as u64).to_le_bytes());
+    h.extend_from_slice(&crc32c_parts(payload).to_le_bytes());
     for f in fields {
         h.extend_from_slice(&(f.len() as u32).to_le_bytes());
     }

@@ -77,6 +77,7 @@ pub use writer::DiskWriter;
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, IoSlice, Write};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -128,9 +129,9 @@ impl DiskError {
 
 /// Largest block size accepted: a block is read into one buffer.
 const MAX_BLOCK_SIZE: u64 = 1 << 30;
-/// Read buffers kept for reuse (see `DiskCache::reads`): 16 MiB of 1 MiB blocks, on top of the
-/// memory tier's 32, still well inside the 64 MiB the RSS allowance leaves beside the budget.
-const READ_BUFFERS: usize = 16;
+/// Read buffers kept for reuse (see `DiskCache::reads`): 8 MiB of 1 MiB blocks. Part of the 64
+/// MiB beside the memory budget (see `crate::cache::memory::POOLED_BUFFERS`).
+const READ_BUFFERS: usize = 8;
 /// At most one "write failed" warning per this interval (a full disk fails every put).
 const WARN_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -323,7 +324,13 @@ impl DiskCache {
     /// otherwise ignored). Evicts least recently used blocks first so the cap is never exceeded.
     /// A block already stored is not written again.
     pub fn put(&self, key: &BlockKey, data: &[u8]) {
-        if let Err(e) = self.try_put(key, data) {
+        self.put_parts(key, &[data]);
+    }
+
+    /// [`DiskCache::put`] of a block given in pieces, in order (a block a stream assembled from
+    /// its replies): they are copied once, straight into the block's write buffer.
+    pub fn put_parts(&self, key: &BlockKey, parts: &[&[u8]]) {
+        if let Err(e) = self.try_put(key, parts) {
             self.warn.warn(&e);
         }
     }
@@ -347,6 +354,31 @@ impl DiskCache {
                 .collect()
         };
         self.discard(&ids);
+    }
+
+    /// Whether block `key` is stored, without marking it used.
+    pub fn contains(&self, key: &BlockKey) -> bool {
+        let id = BlockId::new(key, self.block_size);
+        self.state().lru.contains(&id)
+    }
+
+    /// The first of `blocks` (indices) of one version of one file that is stored, without
+    /// marking anything used: where a stream fetching those blocks should stop.
+    pub fn first_stored(&self, source: &str, remote: &str, validator: &str, blocks: Range<u64>) -> Option<u64> {
+        let version = VersionId::new(source, remote, validator, self.block_size);
+        let st = self.state();
+        if blocks.end.saturating_sub(blocks.start) > st.lru.len() as u64 {
+            // Fewer stored blocks than indices to try (a huge file, a small cache).
+            return st
+                .lru
+                .iter()
+                .filter(|(id, _)| id.version == version && blocks.contains(&id.index))
+                .map(|(id, _)| id.index)
+                .min();
+        }
+        blocks
+            .into_iter()
+            .find(|&index| st.lru.contains(&BlockId { version, index }))
     }
 
     /// Sizes and counters of this cache.
@@ -411,23 +443,23 @@ impl DiskCache {
         Ok(freed)
     }
 
-    fn try_put(&self, key: &BlockKey, data: &[u8]) -> io::Result<()> {
-        if data.len() as u64 > self.block_size {
+    fn try_put(&self, key: &BlockKey, parts: &[&[u8]]) -> io::Result<()> {
+        let payload: usize = parts.iter().map(|p| p.len()).sum();
+        if payload as u64 > self.block_size {
             return Err(io::Error::other(format!(
-                "a block of {} bytes is larger than the block size {}",
-                data.len(),
+                "a block of {payload} bytes is larger than the block size {}",
                 self.block_size
             )));
-        }
-        let header = format::encode_header(key, self.block_size, data).map_err(io::Error::other)?;
-        let len = (header.len() + data.len()) as u64;
-        if len > self.cap {
-            tracing::debug!(len, cap = self.cap, "block larger than the disk cache cap; not stored");
-            return Ok(());
         }
         let id = BlockId::new(key, self.block_size);
         // One key always names the same bytes: a block already stored is only marked used.
         if self.state().lru.get(&id).is_some() {
+            return Ok(());
+        }
+        let header = format::encode_header_parts(key, self.block_size, parts).map_err(io::Error::other)?;
+        let len = (header.len() + payload) as u64;
+        if len > self.cap {
+            tracing::debug!(len, cap = self.cap, "block larger than the disk cache cap; not stored");
             return Ok(());
         }
         let mut staging = lock_unpoisoned(&self.writer);
@@ -443,7 +475,7 @@ impl DiskCache {
             .tmp
             .join(format!("{}.tmp", self.tmp_seq.fetch_add(1, Ordering::Relaxed)));
         let written = staging
-            .write_block(&tmp, &header, data, stamp)
+            .write_block(&tmp, &header, parts, stamp)
             .and_then(|()| fs::rename(&tmp, id.path(&self.blocks)));
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
@@ -602,9 +634,9 @@ impl std::fmt::Debug for Staging {
 
 impl Staging {
     /// Writes header and payload into a new 0600 temp file and stamps its mtime.
-    fn write_block(&mut self, tmp: &Path, header: &[u8], data: &[u8], stamp: SystemTime) -> io::Result<()> {
+    fn write_block(&mut self, tmp: &Path, header: &[u8], parts: &[&[u8]], stamp: SystemTime) -> io::Result<()> {
         if !self.buffered {
-            match self.write_direct(tmp, header, data) {
+            match self.write_direct(tmp, header, parts) {
                 Ok(file) => return file.set_modified(stamp),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     tracing::info!(dir = %tmp.parent().unwrap_or(tmp).display(),
@@ -616,7 +648,10 @@ impl Staging {
             }
         }
         let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp)?;
-        let mut bufs = [IoSlice::new(header), IoSlice::new(data)];
+        let mut bufs: Vec<IoSlice<'_>> = std::iter::once(header)
+            .chain(parts.iter().copied())
+            .map(IoSlice::new)
+            .collect();
         let mut bufs = &mut bufs[..];
         while !bufs.is_empty() {
             match file.write_vectored(bufs) {
@@ -631,8 +666,8 @@ impl Staging {
 
     /// The block copied into the aligned buffer, zero-padded to [`DIRECT_ALIGN`], written with
     /// `O_DIRECT`, then the file cut to the block's length.
-    fn write_direct(&mut self, tmp: &Path, header: &[u8], data: &[u8]) -> io::Result<File> {
-        let len = header.len() + data.len();
+    fn write_direct(&mut self, tmp: &Path, header: &[u8], parts: &[&[u8]]) -> io::Result<File> {
+        let len = header.len() + parts.iter().map(|p| p.len()).sum::<usize>();
         let padded = len.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
         if self.buf.len() < padded + DIRECT_ALIGN {
             self.buf = vec![0; padded + DIRECT_ALIGN];
@@ -640,7 +675,11 @@ impl Staging {
         let at = self.buf.as_ptr().align_offset(DIRECT_ALIGN);
         let out = &mut self.buf[at..at + padded];
         out[..header.len()].copy_from_slice(header);
-        out[header.len()..len].copy_from_slice(data);
+        let mut at = header.len();
+        for p in parts {
+            out[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
         out[len..].fill(0);
         let file = OpenOptions::new()
             .write(true)
@@ -769,7 +808,8 @@ mod tests {
     use super::*;
 
     /// Both ways of writing a block leave the same bytes, exactly `format::encode`'s, whatever
-    /// the block's length (the direct write pads to 4 KiB, then cuts the file back).
+    /// the block's length (the direct write pads to 4 KiB, then cuts the file back) and
+    /// whether it comes whole or in pieces (a block a stream assembled).
     #[test]
     fn direct_and_buffered_writes_leave_the_same_exact_bytes() {
         let t = tempfile::tempdir().unwrap();
@@ -784,12 +824,21 @@ mod tests {
             let header = format::encode_header(&key, 1 << 20, &data).unwrap();
             let want = format::encode(&key, 1 << 20, &data).unwrap();
             let stamp = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + i as u64);
-            for (name, staging) in [("direct", &mut direct), ("buffered", &mut buffered)] {
-                let path = t.path().join(format!("{name}-{i}"));
-                staging.write_block(&path, &header, &data, stamp).unwrap();
-                assert_eq!(fs::read(&path).unwrap(), want, "{name}, {len} bytes");
-                assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), stamp, "{name}");
-                assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            let (a, b) = (len / 3, len / 3 + len / 2);
+            let split: [&[u8]; 4] = [&data[..a], &[], &data[a..b], &data[b..]];
+            assert_eq!(
+                format::encode_header_parts(&key, 1 << 20, &split).unwrap(),
+                header,
+                "{len} bytes in pieces"
+            );
+            for (how, parts) in [("whole", &[&data[..]][..]), ("split", &split[..])] {
+                for (name, staging) in [("direct", &mut direct), ("buffered", &mut buffered)] {
+                    let path = t.path().join(format!("{name}-{how}-{i}"));
+                    staging.write_block(&path, &header, parts, stamp).unwrap();
+                    assert_eq!(fs::read(&path).unwrap(), want, "{name}, {how}, {len} bytes");
+                    assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), stamp, "{name}");
+                    assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+                }
             }
         }
         assert!(buffered.buffered);

@@ -16,8 +16,10 @@
 //!   whole file on disk.
 //!
 //! Memory: a queued block is a `Bytes` shared with the RAM tier, so it costs nothing extra while
-//! it is also cached there; at most [`QUEUE_BLOCKS`] blocks can outlive their eviction, which is
-//! the slack the memory budget already allows for in-flight data.
+//! it is also cached there; at most [`QUEUE_BLOCKS`] blocks can outlive their eviction (a
+//! stream's blocks are never in the RAM tier), which is part of the slack the README allows
+//! beside the memory budget. A download takes its place in the queue ([`DiskWriter::slot`])
+//! before it hands the block on, so a disk that falls behind holds downloads back, not blocks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -29,8 +31,10 @@ use tokio::sync::mpsc;
 use super::DiskCache;
 use crate::cache::BlockKey;
 
-/// Blocks that may wait for the disk.
-pub const QUEUE_BLOCKS: usize = 32;
+/// Blocks that may wait for the disk: 8 MiB of 1 MiB blocks, a few milliseconds of the disk's
+/// writing. The tier's 8 parallel readers ran as fast with 8 as with 32 (see docs/benchmarks.md,
+/// session 8), and 32 cost up to 32 MiB beside the memory budget.
+pub const QUEUE_BLOCKS: usize = 8;
 /// Longest a download waits for a free slot before dropping the block.
 pub const SUBMIT_WAIT: Duration = Duration::from_millis(500);
 
@@ -43,7 +47,7 @@ struct Pending {
 
 /// Handle of the writer thread; dropping it lets the thread finish the queue and exit.
 pub struct DiskWriter {
-    tx: mpsc::Sender<(BlockKey, Bytes)>,
+    tx: mpsc::Sender<(BlockKey, Vec<Bytes>)>,
     disk: Arc<DiskCache>,
     pending: Arc<Pending>,
     congested: Arc<AtomicBool>,
@@ -53,14 +57,16 @@ impl DiskWriter {
     /// Starts the writer thread of `disk`; `None` (logged) if no thread can be started, and
     /// then nothing is written to the disk tier.
     pub fn spawn(disk: Arc<DiskCache>) -> Option<DiskWriter> {
-        let (tx, mut rx) = mpsc::channel::<(BlockKey, Bytes)>(QUEUE_BLOCKS);
+        let (tx, mut rx) = mpsc::channel::<(BlockKey, Vec<Bytes>)>(QUEUE_BLOCKS);
         let pending = Arc::new(Pending::default());
         let congested = Arc::new(AtomicBool::new(false));
         let (d, p, c) = (disk.clone(), pending.clone(), congested.clone());
         let spawned = std::thread::Builder::new().name("fetchfs-disk".into()).spawn(move || {
-            while let Some((key, data)) = rx.blocking_recv() {
-                d.put(&key, &data);
-                drop(data);
+            while let Some((key, parts)) = rx.blocking_recv() {
+                let slices: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+                d.put_parts(&key, &slices);
+                drop(slices);
+                drop(parts);
                 let mut n = p.count.lock().unwrap_or_else(|e| e.into_inner());
                 *n -= 1;
                 if *n <= QUEUE_BLOCKS / 2 {
@@ -86,6 +92,16 @@ impl DiskWriter {
     /// Queues one block for the disk, waiting at most [`SUBMIT_WAIT`] for room (none while the
     /// writer is congested). Returns whether the block was queued.
     pub async fn submit(&self, key: BlockKey, data: Bytes) -> bool {
+        self.slot().await.send(key, vec![data])
+    }
+
+    /// Room in the queue for one block, waited for at most [`SUBMIT_WAIT`] (not at all while
+    /// the writer is congested). Taken before the block is handed to anyone else, it keeps
+    /// the block counted where it was made while the disk is behind: a fetch run waits with
+    /// its block still reserved in the memory budget, instead of waiting with a block the
+    /// LRU may already have evicted (32 readers with a 32 MiB budget peaked at 360–530 MB RSS
+    /// that way, in blocks waiting for the writer).
+    pub async fn slot(&self) -> Slot<'_> {
         let permit = if self.congested.load(Ordering::Acquire) {
             self.tx.try_reserve().ok()
         } else {
@@ -98,14 +114,7 @@ impl DiskWriter {
                 }
             }
         };
-        let Some(permit) = permit else {
-            self.disk.count_dropped();
-            tracing::debug!(remote = %key.remote, index = key.index, "disk cache writer busy; block not stored");
-            return false;
-        };
-        *self.pending.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        permit.send((key, data));
-        true
+        Slot { permit, writer: self }
     }
 
     /// Waits until every queued block is written, for at most `limit`. Returns whether the queue
@@ -125,6 +134,27 @@ impl DiskWriter {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        true
+    }
+}
+
+/// A place in the writer's queue (or, when the disk was too slow, none): see [`DiskWriter::slot`].
+pub struct Slot<'a> {
+    permit: Option<mpsc::Permit<'a, (BlockKey, Vec<Bytes>)>>,
+    writer: &'a DiskWriter,
+}
+
+impl Slot<'_> {
+    /// Queues the block `key`, given in pieces in order (see [`DiskCache::put_parts`]).
+    /// Returns whether it was queued; without room it is dropped and counted.
+    pub fn send(self, key: BlockKey, parts: Vec<Bytes>) -> bool {
+        let Some(permit) = self.permit else {
+            self.writer.disk.count_dropped();
+            tracing::debug!(remote = %key.remote, index = key.index, "disk cache writer busy; block not stored");
+            return false;
+        };
+        *self.writer.pending.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        permit.send((key, parts));
         true
     }
 }
