@@ -67,11 +67,13 @@
 //! When a checksum fails at the end, the lane has queued every earlier block and none of the
 //! last piece; the version is then removed from the disk after the writer's queue drains.
 //!
-//! Measured with builds alternated (`scripts/bench_extra.py`, 8 readers of 64 MiB each from
-//! nginx with the tier): 783–942 MB/s against 592–651 the ordinary way, 261–474 MB fetched
-//! against 775–797, peak RSS 102–111 MB against 243–246; the daemon's I/O threads spent half
-//! the CPU. One cold 1 GiB reader: the same speed (777–952 MB/s against 789–937, 3 rounds),
-//! 20 % less daemon CPU.
+//! Measured with builds alternated (`scripts/bench_extra.py -r 1 -w par8,skip,warm_disk`, 3
+//! rounds, nginx, with the tier): 8 readers of 64 MiB each 716–897 MB/s against 430–604 the
+//! ordinary way, peak RSS 91–100 MB against 231–254, and nginx sent 254–265 MB for the 512 MiB
+//! read (one round logged 725) against 772–802; read 4 MiB, skip 1 MiB 697–750 MB/s against
+//! 501–675; the warm re-read from the tier unchanged. The daemon's I/O threads spent half the
+//! CPU. One cold 1 GiB reader (`dd`, 3 rounds by hand) ran as fast (777–952 MB/s against
+//! 789–937) on 20 % less daemon CPU.
 //!
 //! One stream is one HTTP/1.1 GET of the rest of the file (or up to a block the disk tier
 //! has) on its own connection, pinned with
