@@ -255,17 +255,6 @@ fn a_large_file_is_verified_on_its_stream_and_a_wrong_crc64_or_a_flipped_byte_fa
     assert!(sum.starts_with(&md5_hex(&data)), "{sum}");
 }
 
-/// The blocks in a cache directory, from `fetchfs cache stats`.
-fn blocks_in(dir: &str) -> u64 {
-    let (ok, stats, err) = sh(&format!("{BIN} cache stats --dir {dir}"), Duration::from_secs(10));
-    assert!(ok, "{err}");
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix("blocks"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no block count in: {stats}"))
-}
-
 /// With a disk tier, a checksummed file's stream both verifies and keeps what it reads: the
 /// good file's every block reaches the disk and a remount reads it with no download, and a
 /// byte flipped in the stream fails the read and leaves no block of that version on disk.
@@ -314,7 +303,7 @@ fn a_kept_stream_stores_verified_blocks_and_a_flipped_byte_leaves_none() {
         fx.server.harness.faults.clear();
     }
     assert_eq!(
-        blocks_in(&cdir),
+        blocks_on_disk(&cdir),
         24,
         "the good file's 24 blocks, none of the flipped one"
     );

@@ -112,15 +112,6 @@ fn data_set(root: &Path) -> Vec<(String, Vec<u8>)> {
     v
 }
 
-fn blocks_on_disk(cdir: &str) -> u64 {
-    let (ok, out, err) = sh(&format!("{BIN} cache stats --dir {cdir}"), Duration::from_secs(10));
-    assert!(ok, "{err}");
-    out.lines()
-        .find_map(|l| l.strip_prefix("blocks"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no block count in: {out}"))
-}
-
 #[test]
 fn after_kill_9_the_documented_command_recovers_the_mountpoint_and_a_remount_serves_exact_cached_bytes() {
     if !can_mount() {

@@ -772,7 +772,13 @@ impl FsCore {
             ..plan
         };
         let all_present = (range.start / bs..=(range.end - 1) / bs).all(|b| self.cache.present(&h.ctx, b));
-        if plan.direct && h.ctx.reader.ranges() && !all_present {
+        // With a disk tier, a handle that has read in order keeps whole blocks even of reads
+        // that look random: on a loaded machine the kernel's readahead READs of a sequential
+        // reader can land 12 MiB apart and out of order, and those read directly were the
+        // blocks a later read of the file downloaded again (1 run in ~30 of the kept-stream
+        // mount test).
+        let keep_blocks = self.cache.disk().is_some() && h.sequential.load(Ordering::Relaxed);
+        if plan.direct && h.ctx.reader.ranges() && !all_present && !keep_blocks {
             // Random access: fetch exactly what was asked, leave the block cache alone. A handle
             // that never read from the start has no checksum to follow; one that did keeps it (a
             // sequential reader's READs, reordered by a loaded machine, can look random) until

@@ -332,3 +332,14 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
         .map(|v| v.trim().parse().unwrap())
 }
+
+/// The blocks in a disk cache directory, as `fetchfs cache stats --dir DIR` counts them.
+pub fn blocks_on_disk(dir: &str) -> u64 {
+    let (ok, stats, err) = sh(&format!("{BIN} cache stats --dir {dir}"), Duration::from_secs(10));
+    assert!(ok, "{err}");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("blocks"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no block count in: {stats}"))
+}
