@@ -66,6 +66,28 @@ impl Fixture {
     }
 }
 
+/// `md5sum` of `smh/NAME` under the mount: (success, stdout, stderr).
+fn md5sum(m: &MountGuard, name: &str) -> (bool, String, String) {
+    sh(
+        &format!("md5sum < {}", m.path(&format!("smh/{name}")).display()),
+        Duration::from_secs(60),
+    )
+}
+
+/// With one byte flipped `at` bytes into every download of an object, `md5sum` of
+/// `smh/flip.bin` fails with EIO; the wire is clean again after.
+fn flip_in_the_stream_fails(fx: &Fixture, m: &MountGuard, at: u64) {
+    fx.server.harness.faults.set(FaultSpec {
+        flip_at: Some(at),
+        path_contains: "/cos/".into(),
+        ..FaultSpec::default()
+    });
+    let (ok, _, err) = md5sum(m, "flip.bin");
+    fx.server.harness.faults.clear();
+    assert!(!ok, "a byte flipped in the stream went unnoticed\n{}", m.log_text());
+    assert!(err.contains("Input/output error"), "{err}");
+}
+
 fn write(root: &Path, rel: &str, data: &[u8]) {
     let p = root.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -104,10 +126,7 @@ fn a_published_crc64_that_does_not_match_fails_cat_with_eio() {
         m.log_text()
     );
     assert!(err.contains("Input/output error"), "{err}");
-    let (ok, sum, err) = sh(
-        &format!("md5sum < {}", m.path("smh/good.bin").display()),
-        Duration::from_secs(60),
-    );
+    let (ok, sum, err) = md5sum(&m, "good.bin");
     assert!(ok, "{err}");
     assert!(sum.starts_with(&md5_hex(&data)), "{sum}");
 }
@@ -195,13 +214,7 @@ fn a_large_file_is_verified_on_its_stream_and_a_wrong_crc64_or_a_flipped_byte_fa
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let m = MountGuard::start(&["--config", &cfg, "--metrics-addr", &addr]);
-    let md5sum = |name: &str| {
-        sh(
-            &format!("md5sum < {}", m.path(&format!("smh/{name}")).display()),
-            Duration::from_secs(60),
-        )
-    };
-    let (ok, sum, err) = md5sum("good.bin");
+    let (ok, sum, err) = md5sum(&m, "good.bin");
     assert!(ok, "{err}");
     assert!(sum.starts_with(&md5_hex(&data)), "{sum}");
     // After its first MiBs the reader is streamed (src/splice.rs, "Verified streams"): the
@@ -240,17 +253,9 @@ fn a_large_file_is_verified_on_its_stream_and_a_wrong_crc64_or_a_flipped_byte_fa
     }
     // A byte flipped 40 MiB into a response: only the stream's GET (the rest of the file,
     // ~60 MiB) is that long, so only the stream's hashing can see it.
-    fx.server.harness.faults.set(FaultSpec {
-        flip_at: Some(40 << 20),
-        path_contains: "/cos/".into(),
-        ..FaultSpec::default()
-    });
-    let (ok, _, err) = md5sum("flip.bin");
-    assert!(!ok, "a byte flipped in the stream went unnoticed\n{}", m.log_text());
-    assert!(err.contains("Input/output error"), "{err}");
+    flip_in_the_stream_fails(&fx, &m, 40 << 20);
     // Once the wire is clean again, the next open downloads and verifies afresh (issue 8).
-    fx.server.harness.faults.clear();
-    let (ok, sum, err) = md5sum("flip.bin");
+    let (ok, sum, err) = md5sum(&m, "flip.bin");
     assert!(ok, "{err}\n{}", m.log_text());
     assert!(sum.starts_with(&md5_hex(&data)), "{sum}");
 }
@@ -276,13 +281,7 @@ fn a_kept_stream_stores_verified_blocks_and_a_flipped_byte_leaves_none() {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let m = MountGuard::start(&[&["--config", &cfg, "--metrics-addr", &addr][..], &tier[..]].concat());
-        let md5sum = |name: &str| {
-            sh(
-                &format!("md5sum < {}", m.path(&format!("smh/{name}")).display()),
-                Duration::from_secs(60),
-            )
-        };
-        let (ok, sum, err) = md5sum("good.bin");
+        let (ok, sum, err) = md5sum(&m, "good.bin");
         assert!(ok, "{err}");
         assert!(sum.starts_with(&md5_hex(&data)), "{sum}");
         let text = scrape_metrics(port);
@@ -292,15 +291,7 @@ fn a_kept_stream_stores_verified_blocks_and_a_flipped_byte_leaves_none() {
         }
         // A byte flipped 12 MiB into a response: only the stream's GET (the rest of the file,
         // ~20 MiB) is that long, so only the stream's hashing can see it.
-        fx.server.harness.faults.set(FaultSpec {
-            flip_at: Some(12 << 20),
-            path_contains: "/cos/".into(),
-            ..FaultSpec::default()
-        });
-        let (ok, _, err) = md5sum("flip.bin");
-        assert!(!ok, "a byte flipped in the stream went unnoticed\n{}", m.log_text());
-        assert!(err.contains("Input/output error"), "{err}");
-        fx.server.harness.faults.clear();
+        flip_in_the_stream_fails(&fx, &m, 12 << 20);
     }
     assert_eq!(
         blocks_on_disk(&cdir),
@@ -310,10 +301,7 @@ fn a_kept_stream_stores_verified_blocks_and_a_flipped_byte_leaves_none() {
     fx.server.harness.stats.reset();
     let m = MountGuard::start(&[&["--config", &cfg][..], &tier[..]].concat());
     for name in ["good.bin", "flip.bin"] {
-        let (ok, sum, err) = sh(
-            &format!("md5sum < {}", m.path(&format!("smh/{name}")).display()),
-            Duration::from_secs(60),
-        );
+        let (ok, sum, err) = md5sum(&m, name);
         assert!(ok, "{name}: {err}\n{}", m.log_text());
         assert!(sum.starts_with(&md5_hex(&data)), "{name}: {sum}");
         if name == "good.bin" {
