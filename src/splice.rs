@@ -29,8 +29,9 @@
 //! be hashed, so they are not spliced: each reply is `recv`ed from the socket into a pooled
 //! buffer and returned to be answered like any read (two copies in the daemon, against the
 //! ordinary path's three, and none of its block bookkeeping), and the same buffer goes, in
-//! file order, to a lane (`Lane`: a blocking task that feeds the handle's verifier). Every body byte passes through the stream in order (into a reply or into the
-//! bytes passed over), so the hash needs no gap filling; before the stream opens, the
+//! file order, to a lane (`Lane`: a blocking task that feeds the handle's verifier). Every
+//! body byte passes through the stream in order (into a reply or into the bytes passed over),
+//! so the hash needs no gap filling; before the stream opens, the
 //! verifier is brought up to the stream's start from the cache (`FsCore::hashed_to`). The
 //! reply that reaches EOF waits for the lane's verdict: [`Served::Mismatch`] fails it with
 //! EIO. A reader that did not start at the beginning has no checksum to follow, and its
@@ -69,17 +70,17 @@
 //!
 //! Measured with builds alternated (`scripts/bench_extra.py -r 1 -w par8,skip,warm_disk`, 3
 //! rounds, nginx, with the tier): 8 readers of 64 MiB each 716–897 MB/s against 430–604 the
-//! ordinary way, peak RSS 91–100 MB against 231–254, and nginx sent 254–265 MB for the 512 MiB
-//! read (one round logged 725) against 772–802; read 4 MiB, skip 1 MiB 697–750 MB/s against
+//! ordinary way, peak RSS 91–100 MB against 231–254, and nginx sent 254–265 MB for the
+//! 512 MiB read (one round logged 725) against 772–802; read 4 MiB, skip 1 MiB 697–750 MB/s against
 //! 501–675; the warm re-read from the tier unchanged. The daemon's I/O threads spent half the
 //! CPU. One cold 1 GiB reader (`dd`, 3 rounds by hand) ran as fast (777–952 MB/s against
 //! 789–937) on 20 % less daemon CPU.
 //!
 //! One stream is one HTTP/1.1 GET of the rest of the file (or up to a block the disk tier
-//! has) on its own connection, pinned with
-//! `If-Range` like every other GET. Its response must be exactly the `206` asked for (status,
-//! `Content-Range`, no transfer or content coding); anything else and the handle goes back to
-//! the ordinary path, which knows every server quirk. TCP flow control is the prefetch: the
+//! has) on its own connection, pinned with `If-Range` like every other GET. Its response must
+//! be exactly the `206` asked for (status, `Content-Range`, no transfer or content coding);
+//! anything else and the handle goes back to the ordinary path, which knows every server
+//! quirk. TCP flow control is the prefetch: the
 //! server fills the socket buffers (several MiB on Linux) while the reader is busy, and what
 //! is never read is lost with the connection when the file is closed.
 //!
@@ -90,10 +91,10 @@
 //! between the stream and it that are in the daemon (announced as they arrive, in the
 //! kernel's order), and at most [`ORDER_WAIT`] when none is, then reads the gap into memory,
 //! where those READs find it if they come (at most [`PASSED_MAX`] is kept, and a READ may
-//! take it from two pieces). Any other READ behind the stream
-//! takes the ordinary path; one far ahead of it (a seek) closes the stream. Any failure (timeout, short body, a pipe that cannot take a reply) closes the
-//! stream and the read is served by the ordinary path, with its retries: splice only ever
-//! makes a read faster, never different.
+//! take it from two pieces). Any other READ behind the stream takes the ordinary path; one
+//! far ahead of it (a seek) closes the stream. Any failure (timeout, short body, a pipe that
+//! cannot take a reply) closes the stream and the read is served by the ordinary path, with
+//! its retries: splice only ever makes a read faster, never different.
 //!
 //! ## Replying outside fuser
 //!
@@ -827,6 +828,7 @@ impl Stream {
     }
 
     /// The bytes of `range` if they were passed over.
+    ///
     /// The pieces are cut where the stream was, not where READs are (the kernel's READs of a
     /// `dd bs=1M` sit 640 KiB past each MiB), so a READ may need two: it is then copied
     /// together. Taking such a READ for lost sent it the ordinary way, which fetched its
@@ -843,7 +845,8 @@ impl Stream {
         let mut out = bytes::BytesMut::with_capacity((range.end - range.start) as usize);
         let mut pos = range.start;
         for (at, b) in self.passed.iter().skip(first) {
-            if *at != pos && pos != range.start {
+            if *at > pos {
+                // A gap: a piece no longer held.
                 return None;
             }
             let to = (range.end.min(at + b.len() as u64) - at) as usize;

@@ -356,6 +356,47 @@ async fn a_whole_file_source_is_downloaded_once_for_any_number_of_ranges() {
     assert_eq!(src.shared.requests.load(Ordering::SeqCst), 1, "one download");
 }
 
+/// A fetch run stops its request at a block the disk tier has (`BlockCache::fetch_run`), but
+/// a source that can only send the whole file gets one request for all the blocks missing
+/// around it: each request there is a whole download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_file_source_with_a_block_on_disk_is_downloaded_once() {
+    use fetchfs::cache::BlockKey;
+    use fetchfs::cache::disk::DiskCache;
+    use fetchfs::source::OpenRequest;
+    let src = MemSource::whole_file();
+    let data = pseudo_random((6 * MB + 1) as usize, 9);
+    src.put("f", data.clone(), None);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(DiskCache::open(dir.path(), 64 * MB, MB).unwrap());
+    // Block 1 of this version is on disk; blocks 0 and 2.. are not.
+    let req = OpenRequest {
+        block_size: MB,
+        revalidate: false,
+    };
+    let opened = src.open(&Entry::file("f", "f", data.len() as u64), &req).await.unwrap();
+    let validator = opened.entry.validator.unwrap();
+    disk.put(
+        &BlockKey::new("m", "f", validator, 1),
+        &data[MB as usize..2 * MB as usize],
+    );
+    let before = src.shared.requests.load(Ordering::SeqCst);
+    let s: Arc<dyn Source> = src.clone();
+    let mounted = Mounted {
+        name: "m".into(),
+        source: s,
+        root: Entry::dir("", ""),
+    };
+    let core = FsCore::with_disk(cfg(64 * MB), vec![mounted], true, Some(disk));
+    let (fh, _) = core.open(ino(&core, "f").await).await.unwrap();
+    assert_eq!(read_all(&core, fh, 128 << 10).await.unwrap(), data);
+    assert_eq!(
+        src.shared.requests.load(Ordering::SeqCst) - before,
+        1,
+        "one download around the block on disk"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_readers_of_one_block_share_one_request() {
     let src = MemSource::new();

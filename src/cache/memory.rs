@@ -368,19 +368,12 @@ impl BlockCache {
         })
     }
 
-    /// Whether block `index` of `file` is in the disk tier.
-    pub fn on_disk(&self, file: &FileCtx, index: u64) -> bool {
-        self.disk
-            .as_ref()
-            .is_some_and(|d| d.contains(&crate::cache::BlockKey::of(&file.key, index)))
-    }
-
-    /// The first block of `file` from block `from` on that is in the disk tier (`None`: none
-    /// is, or there is no disk tier): where a stream starting at `from` should stop.
-    pub fn next_on_disk(&self, file: &FileCtx, from: u64) -> Option<u64> {
+    /// The first of `blocks` of `file` that is in the disk tier (`None`: none is, or there is
+    /// no disk tier): where a download of those blocks should stop.
+    pub fn next_on_disk(&self, file: &FileCtx, blocks: Range<u64>) -> Option<u64> {
         let k = &file.key;
         let d = self.disk.as_ref()?;
-        d.first_stored(&k.source, &k.remote, &k.validator, from..file.blocks(self.block_size))
+        d.first_stored(&k.source, &k.remote, &k.validator, blocks)
     }
 
     /// Stores block `index` of `file`, which came in `parts` from somewhere other than a fetch
@@ -649,7 +642,8 @@ impl BlockCache {
         // The run alternates between blocks the disk has and one request for the blocks up to
         // the next one it has: a run that began with a missing block used to fetch all the
         // rest, blocks on disk included (5 of 24 MiB again, reading a file whose middle was
-        // cached).
+        // cached). Not for a source that can only send the whole file: every request is a
+        // whole download there, so one request covers all the blocks still missing.
         'run: loop {
             while let Some(lookup) = lookups.get_mut((next_block - first) as usize).and_then(Option::take) {
                 match lookup.await.ok().flatten() {
@@ -669,13 +663,11 @@ impl BlockCache {
             if next_block >= end {
                 break 'run;
             }
-            let seg_end = disk
-                .as_ref()
-                .and_then(|d| {
-                    let k = &file.key;
-                    d.first_stored(&k.source, &k.remote, &k.validator, next_block + 1..end)
-                })
-                .unwrap_or(end);
+            let seg_end = if file.reader.ranges() {
+                self.next_on_disk(&file, next_block + 1..end).unwrap_or(end)
+            } else {
+                end
+            };
             let stop = (seg_end * self.block_size).min(file.size);
             let mut pos = next_block * self.block_size; // first byte not yet received
             let mut cur = self.pool.take(self.block_len(&file, next_block) as usize);

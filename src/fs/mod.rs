@@ -749,18 +749,16 @@ impl FsCore {
                 }
                 // With a disk tier, blocks it has are read from it: a stream starts at a block
                 // it lacks and stops at the next one it has.
-                if at < file_size && !self.cache.on_disk(&h.ctx, at / bs) {
-                    let end = self
-                        .cache
-                        .next_on_disk(&h.ctx, at / bs + 1)
-                        .map_or(file_size, |b| b * bs);
-                    if at.saturating_add(STREAM_AFTER) < end {
-                        // A stream that reads into memory holds part of the budget; without
-                        // it, this reader goes on the ordinary way (and asks again later).
-                        match s.needs_hold().then(|| self.cache.hold(LANE_HOLD)) {
-                            Some(None) => tracing::trace!(fh, "no memory for a stream now"),
-                            hold => s.start(at..end, self.hashed_to(&h, at), hold.flatten()),
-                        }
+                let end = self
+                    .cache
+                    .next_on_disk(&h.ctx, at / bs..file_size.div_ceil(bs))
+                    .map_or(file_size, |b| b * bs);
+                if at.saturating_add(STREAM_AFTER) < end {
+                    // A stream that reads into memory holds part of the budget; without it,
+                    // this reader goes on the ordinary way (and asks again later).
+                    match s.needs_hold().then(|| self.cache.hold(LANE_HOLD)) {
+                        Some(None) => tracing::trace!(fh, "no memory for a stream now"),
+                        hold => s.start(at..end, self.hashed_to(&h, at), hold.flatten()),
                     }
                 }
             }

@@ -356,12 +356,6 @@ impl DiskCache {
         self.discard(&ids);
     }
 
-    /// Whether block `key` is stored, without marking it used.
-    pub fn contains(&self, key: &BlockKey) -> bool {
-        let id = BlockId::new(key, self.block_size);
-        self.state().lru.contains(&id)
-    }
-
     /// The first of `blocks` (indices) of one version of one file that is stored, without
     /// marking anything used: where a stream fetching those blocks should stop.
     pub fn first_stored(&self, source: &str, remote: &str, validator: &str, blocks: Range<u64>) -> Option<u64> {
